@@ -1,0 +1,98 @@
+"""The TFRecord format of prepared cases (one `tf.train.Example` per case).
+
+A record holds one case cropped to its brain bounding box:
+
+* `case_id`: bytes, the BraTS case id.
+* `shape`: int64 `[3]`, the cropped volume shape `(D, H, W)`.
+* `image`: bytes, float32 little-endian `[D, H, W, 4]`, raw scanner
+  intensities in the layout's modality order (z-scoring happens in the input
+  pipeline, so a shard can be re-normalised differently without re-reading
+  the NIfTI files).
+* `regions`: bytes, uint8 `[D, H, W]`, the (TC, WT, ET) regions packed as
+  bits 1, 2, 4 (see `layouts.pack_regions`); one byte per voxel instead of
+  three.
+
+`encode_case` is numpy; `parse_case` is pure TensorFlow, so it runs inside a
+`tf.data` pipeline and inside a TFF computation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from tff_brats.data import layouts
+
+NUM_MODALITIES = 4
+NUM_REGIONS = len(layouts.REGIONS)
+
+FEATURES = {
+  'case_id': tf.io.FixedLenFeature([], tf.string),
+  'shape': tf.io.FixedLenFeature([3], tf.int64),
+  'image': tf.io.FixedLenFeature([], tf.string),
+  'regions': tf.io.FixedLenFeature([], tf.string),
+}
+
+
+def encode_case(case_id: str, image: np.ndarray, regions: np.ndarray) -> bytes:
+  """Serialises one case.
+
+  Args:
+    case_id: The case id.
+    image: float `[D, H, W, 4]` intensities.
+    regions: bool `[D, H, W, 3]` (TC, WT, ET) masks.
+
+  Returns:
+    A serialised `tf.train.Example`.
+  """
+  image = np.asarray(image)
+  regions = np.asarray(regions)
+  if image.ndim != 4 or image.shape[-1] != NUM_MODALITIES:
+    raise ValueError(
+      f'image must have shape [D, H, W, {NUM_MODALITIES}]. '
+      f'Found {image.shape}.'
+    )
+  if regions.shape != image.shape[:3] + (NUM_REGIONS,):
+    raise ValueError(
+      f'regions must have shape {image.shape[:3] + (NUM_REGIONS,)} to match '
+      f'image. Found {regions.shape}.'
+    )
+  feature = {
+    'case_id': _bytes_feature(case_id.encode('utf-8')),
+    'shape': tf.train.Feature(
+      int64_list=tf.train.Int64List(value=list(image.shape[:3]))
+    ),
+    'image': _bytes_feature(image.astype('<f4').tobytes()),
+    'regions': _bytes_feature(layouts.pack_regions(regions).tobytes()),
+  }
+  example = tf.train.Example(features=tf.train.Features(feature=feature))
+  return example.SerializeToString()
+
+
+def parse_case(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
+  """Parses one serialised case (pure TF).
+
+  Args:
+    serialized: A scalar `tf.string` tensor from a shard.
+
+  Returns:
+    A dict with `case_id` (tf.string scalar), `image` (float32
+    `[D, H, W, 4]`) and `regions` (float32 `[D, H, W, 3]`, 0 or 1).
+  """
+  parsed = tf.io.parse_single_example(serialized, FEATURES)
+  shape = tf.cast(parsed['shape'], tf.int32)
+  image = tf.io.decode_raw(parsed['image'], tf.float32, little_endian=True)
+  image = tf.reshape(image, tf.concat([shape, [NUM_MODALITIES]], axis=0))
+  packed = tf.io.decode_raw(parsed['regions'], tf.uint8)
+  packed = tf.reshape(packed, shape)
+  bits = tf.constant(layouts.REGION_BITS, tf.uint8)
+  regions = tf.bitwise.bitwise_and(packed[..., tf.newaxis], bits) > 0
+  return {
+    'case_id': parsed['case_id'],
+    'image': image,
+    'regions': tf.cast(regions, tf.float32),
+  }
+
+
+def _bytes_feature(value: bytes) -> tf.train.Feature:
+  return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
