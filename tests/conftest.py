@@ -12,7 +12,7 @@ import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
-from absl import flags  # noqa: E402
+from absl import flags
 
 
 def pytest_configure(config):

@@ -49,12 +49,11 @@ def encode_case(case_id: str, image: np.ndarray, regions: np.ndarray) -> bytes:
   regions = np.asarray(regions)
   if image.ndim != 4 or image.shape[-1] != NUM_MODALITIES:
     raise ValueError(
-      f'image must have shape [D, H, W, {NUM_MODALITIES}]. '
-      f'Found {image.shape}.'
+      f'image must have shape [D, H, W, {NUM_MODALITIES}]. Found {image.shape}.'
     )
-  if regions.shape != image.shape[:3] + (NUM_REGIONS,):
+  if regions.shape != (*image.shape[:3], NUM_REGIONS):
     raise ValueError(
-      f'regions must have shape {image.shape[:3] + (NUM_REGIONS,)} to match '
+      f'regions must have shape {(*image.shape[:3], NUM_REGIONS)} to match '
       f'image. Found {regions.shape}.'
     )
   feature = {
