@@ -1,0 +1,91 @@
+"""Tests of the worker process wrapper against the real `worker_binary`."""
+
+import os
+import socket
+
+import portpicker
+import pytest
+
+from tff_brats.runtime import worker
+
+
+def _port_open(port: int) -> bool:
+  with socket.socket() as s:
+    s.settimeout(0.2)
+    return s.connect_ex(('localhost', port)) == 0
+
+
+def test_worker_binary_path_is_executable():
+  path = worker.worker_binary_path()
+  assert os.path.basename(path) == 'worker_binary'
+  assert os.access(path, os.X_OK)
+
+
+def test_start_serve_stop(tmp_path):
+  port = portpicker.pick_unused_port()
+  log_path = str(tmp_path / 'logs' / 'worker.log')
+  w = worker.WorkerProcess(port, log_path)
+  w.start()
+  try:
+    w.wait_until(lambda: _port_open(port), timeout=60)
+    assert w.is_running()
+    w.start()  # idempotent while running: same process
+    assert w.is_running()
+  finally:
+    w.stop()
+  assert not w.is_running()
+  # SIGINT is TFF's own way to stop the service: it exits on it.
+  assert w.returncode is not None
+  assert os.path.exists(log_path)
+  assert not _port_open(port)
+
+
+def test_wait_until_reports_early_exit_with_log(tmp_path):
+  script = tmp_path / 'fails.sh'
+  script.write_text('#!/bin/sh\necho "cannot bind port" >&2\nexit 7\n')
+  script.chmod(0o755)
+  w = worker.WorkerProcess(
+    1234, str(tmp_path / 'w.log'), binary_path=str(script)
+  )
+  w.start()
+  with pytest.raises(RuntimeError, match=r'exited with code 7[\s\S]*bind'):
+    w.wait_until(lambda: False, timeout=30)
+
+
+def test_wait_until_times_out(tmp_path):
+  script = tmp_path / 'sleeps.sh'
+  script.write_text('#!/bin/sh\nexec sleep 60\n')
+  script.chmod(0o755)
+  w = worker.WorkerProcess(
+    1234, str(tmp_path / 'w.log'), binary_path=str(script)
+  )
+  w.start()
+  try:
+    with pytest.raises(RuntimeError, match='not ready after'):
+      w.wait_until(lambda: False, timeout=0.3)
+  finally:
+    w.stop(timeout=1)
+  assert not w.is_running()
+
+
+def test_stop_kills_a_process_that_ignores_sigint(tmp_path):
+  ready = tmp_path / 'trap-set'
+  script = tmp_path / 'stubborn.sh'
+  script.write_text(
+    f"#!/bin/sh\ntrap '' INT\ntouch {ready}\nwhile true; do sleep 0.1; done\n"
+  )
+  script.chmod(0o755)
+  w = worker.WorkerProcess(
+    1234, str(tmp_path / 'w.log'), binary_path=str(script)
+  )
+  w.start()
+  # SIGINT must arrive after the trap is set, or the shell simply dies of it.
+  w.wait_until(ready.exists, timeout=30)
+  w.stop(timeout=0.5)
+  assert w.returncode == -9
+
+
+@pytest.mark.parametrize('port', [0, 70000])
+def test_bad_port(port, tmp_path):
+  with pytest.raises(ValueError, match=f'port must be in .* Found {port}'):
+    worker.WorkerProcess(port, str(tmp_path / 'w.log'))

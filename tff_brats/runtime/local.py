@@ -1,0 +1,212 @@
+"""The project's TFF execution context on a local C++ worker, and its teardown.
+
+Every TFF computation this project runs executes inside a `LocalRuntime`:
+
+    with runtime.LocalRuntime(log_dir=output_dir) as rt:
+      state = process.initialize()
+      ...
+
+On entry it starts one `worker_binary` (see `worker.py`), connects TFF's
+remote executor to it and installs a synchronous execution context as TFF's
+default. On exit (normal, exception, Ctrl-C) it removes the context, closes
+the gRPC channel and stops the worker. Three more layers make sure no worker
+outlives the Python process:
+
+* `atexit`, for code that never leaves the `with` block (e.g. `sys.exit`
+  from a thread, or a runtime started with `start()` and never closed);
+* SIGTERM and SIGHUP handlers (installed only where the handler is still
+  the default, and only from the main thread) that turn the signal into
+  `SystemExit`, so the `with` block unwinds as on Ctrl-C;
+* the kernel's parent-death signal, which kills the worker when the Python
+  process dies by SIGKILL.
+
+After exit TFF is left with no default context (TFF's own lazily started,
+unowned local context is not restored), so a stray computation call fails
+loudly instead of starting a worker nobody stops.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import tempfile
+import threading
+import time
+
+from absl import logging
+import grpc
+import portpicker
+import tensorflow_federated as tff
+
+# TFF's own limits for the local gRPC channel (2 GB messages).
+_GRPC_MAX_MESSAGE_BYTES = 2 * 1000 * 1000 * 1000
+_GRPC_CHANNEL_OPTIONS = [
+  ('grpc.max_message_length', _GRPC_MAX_MESSAGE_BYTES),
+  ('grpc.max_receive_message_length', _GRPC_MAX_MESSAGE_BYTES),
+  ('grpc.max_send_message_length', _GRPC_MAX_MESSAGE_BYTES),
+]
+_HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+_live_runtimes: set[LocalRuntime] = set()
+_live_lock = threading.Lock()
+
+
+class LocalRuntime:
+  """Owns a local TFF C++ worker and the execution context that uses it."""
+
+  def __init__(
+    self,
+    *,
+    default_num_clients: int = 0,
+    log_dir: str | None = None,
+    max_concurrent_computation_calls: int = -1,
+    startup_timeout: float = 60.0,
+    port: int | None = None,
+  ):
+    """Configures (but does not start) the runtime.
+
+    Args:
+      default_num_clients: CLIENTS cardinality for computations whose
+        arguments do not determine it (TFF needs one; 0 when none is given).
+      log_dir: Folder for the worker log `tff_worker-<port>.log`; a temporary
+        folder when None.
+      max_concurrent_computation_calls: Passed to the worker; non-positive
+        means no limit.
+      startup_timeout: Seconds to wait for the worker to accept calls.
+      port: The worker's port; a free one when None.
+    """
+    if default_num_clients < 0:
+      raise ValueError(
+        f'default_num_clients must be non-negative. Found {default_num_clients}.'
+      )
+    if startup_timeout <= 0:
+      raise ValueError(
+        f'startup_timeout must be positive. Found {startup_timeout}.'
+      )
+    self._default_num_clients = default_num_clients
+    self._log_dir = log_dir
+    self._max_calls = max_concurrent_computation_calls
+    self._startup_timeout = startup_timeout
+    self._port = port
+    self._worker = None
+    self._channel: grpc.Channel | None = None
+    self._previous_handlers: dict[int, object] = {}
+
+  @property
+  def worker_pid(self) -> int | None:
+    """Process id of the worker while the runtime is open."""
+    return None if self._worker is None else self._worker.pid
+
+  @property
+  def log_path(self) -> str | None:
+    return None if self._worker is None else self._worker.log_path
+
+  def __enter__(self) -> LocalRuntime:
+    self.start()
+    return self
+
+  def __exit__(self, exc_type, exc, tb) -> None:
+    self.close()
+
+  def start(self) -> None:
+    """Starts the worker and installs the TFF context."""
+    from tff_brats.runtime import worker as worker_lib
+
+    if self._worker is not None:
+      raise RuntimeError('This LocalRuntime is already started.')
+    port = self._port or portpicker.pick_unused_port()
+    log_dir = self._log_dir or tempfile.mkdtemp(prefix='tff_brats-runtime-')
+    log_path = os.path.join(log_dir, f'tff_worker-{port}.log')
+    self._worker = worker_lib.WorkerProcess(
+      port,
+      log_path,
+      max_concurrent_computation_calls=self._max_calls,
+    )
+    with _live_lock:
+      _live_runtimes.add(self)
+    atexit.register(self.close)
+    self._install_signal_handlers()
+    try:
+      self._worker.start()
+      started = time.monotonic()
+      self._channel = grpc.insecure_channel(
+        f'localhost:{port}', _GRPC_CHANNEL_OPTIONS
+      )
+      stub = tff.framework.RemoteExecutorGrpcStub(self._channel)
+      self._worker.wait_until(lambda: stub.is_ready, self._startup_timeout)
+      logging.info('TFF worker ready after %.1f s.', time.monotonic() - started)
+      context = _sync_context(stub, self._default_num_clients)
+      tff.framework.set_default_context(context)
+    except BaseException:
+      self.close()
+      raise
+
+  def close(self) -> None:
+    """Removes the context and stops the worker (idempotent)."""
+    worker, self._worker = self._worker, None
+    if worker is None:
+      return
+    with _live_lock:
+      _live_runtimes.discard(self)
+    atexit.unregister(self.close)
+    self._restore_signal_handlers()
+    # A context left behind would send calls to a dead port.
+    tff.test.set_no_default_context()
+    if self._channel is not None:
+      self._channel.close()
+      self._channel = None
+    worker.stop()
+
+  def _install_signal_handlers(self) -> None:
+    if threading.current_thread() is not threading.main_thread():
+      return
+    for signum in _HANDLED_SIGNALS:
+      if signal.getsignal(signum) is signal.SIG_DFL:
+        self._previous_handlers[signum] = signal.signal(signum, _exit_on_signal)
+
+  def _restore_signal_handlers(self) -> None:
+    if threading.current_thread() is not threading.main_thread():
+      return
+    for signum, handler in self._previous_handlers.items():
+      if signal.getsignal(signum) is _exit_on_signal:
+        signal.signal(signum, handler)
+    self._previous_handlers.clear()
+
+
+def close_all() -> None:
+  """Closes every open runtime of this process (e.g. from a signal handler)."""
+  with _live_lock:
+    runtimes = list(_live_runtimes)
+  for rt in runtimes:
+    rt.close()
+
+
+def _exit_on_signal(signum, frame) -> None:
+  del frame  # unused
+  logging.warning(
+    'Received %s; stopping TFF workers and exiting.',
+    signal.Signals(signum).name,
+  )
+  raise SystemExit(128 + signum)
+
+
+def _sync_context(stub, default_num_clients: int):
+  """A sync TFF context whose executors run on the worker behind `stub`."""
+
+  def stack_fn(cardinalities):
+    if cardinalities.get(tff.CLIENTS) is None:
+      cardinalities[tff.CLIENTS] = default_num_clients
+    executor = tff.framework.RemoteExecutor(stub)
+    executor.set_cardinalities(cardinalities)
+    return executor
+
+  factory = tff.framework.ResourceManagingExecutorFactory(
+    executor_stack_fn=stack_fn
+  )
+  return tff.framework.SyncExecutionContext(
+    executor_fn=factory,
+    compiler_fn=tff.backends.native.desugar_and_transform_to_native,
+    transform_args=tff.tensorflow.transform_args,
+    transform_result=tff.tensorflow.transform_result,
+  )

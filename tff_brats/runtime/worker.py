@@ -1,0 +1,188 @@
+"""One TFF C++ executor service process (`worker_binary`), owned for its life.
+
+TFF's own local execution context starts `worker_binary` as a child that
+inherits the parent's stdout and is only stopped by a finaliser. After the
+Python process exits the worker often lives on, holding the pipe, so that
+`python train.py | tee log` or a CI step hangs forever (see DESIGN.md). This
+module starts the worker itself, with
+
+* stdout and stderr redirected to a log file (never the parent's pipes),
+* stdin from /dev/null and its own session, so a terminal's Ctrl-C reaches
+  only the Python process, which then stops the worker in order,
+* on Linux, `PR_SET_PDEATHSIG = SIGKILL`, so the kernel kills the worker when
+  the thread that started it dies, even by `kill -9`, when no Python cleanup
+  can run. The worker must therefore be started from a thread that outlives
+  it (the main thread in every binary of this project).
+
+`stop()` sends SIGINT (what TFF itself sends), waits, then SIGKILLs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from absl import logging
+
+_PR_SET_PDEATHSIG = 1
+
+
+def worker_binary_path() -> str:
+  """Path of the `worker_binary` shipped inside the TFF wheel."""
+  spec = importlib.util.find_spec('tensorflow_federated')
+  if spec is None or not spec.submodule_search_locations:
+    raise RuntimeError(
+      'tensorflow_federated is not installed; run tools/bootstrap.sh.'
+    )
+  package_dir = next(iter(spec.submodule_search_locations))
+  path = os.path.join(package_dir, 'data', 'worker_binary')
+  if not os.path.isfile(path):
+    raise RuntimeError(f'Expected the TFF worker binary at {path}.')
+  return path
+
+
+class WorkerProcess:
+  """A `worker_binary` serving TFF's executor service on a local port."""
+
+  def __init__(
+    self,
+    port: int,
+    log_path: str,
+    *,
+    max_concurrent_computation_calls: int = -1,
+    binary_path: str | None = None,
+  ):
+    """Describes (but does not start) a worker.
+
+    Args:
+      port: TCP port the executor service listens on.
+      log_path: File that receives the worker's stdout and stderr (appended).
+      max_concurrent_computation_calls: Passed to the binary; non-positive
+        means no limit.
+      binary_path: The executable; defaults to the one inside the TFF wheel.
+    """
+    if not 0 < port < 65536:
+      raise ValueError(f'port must be in [1, 65535]. Found {port}.')
+    self.port = port
+    self.log_path = log_path
+    self._max_calls = max_concurrent_computation_calls
+    self._binary_path = binary_path or worker_binary_path()
+    self._process: subprocess.Popen[bytes] | None = None
+
+  @property
+  def pid(self) -> int | None:
+    return None if self._process is None else self._process.pid
+
+  def start(self) -> None:
+    """Starts the process (idempotent while it runs)."""
+    if self.is_running():
+      return
+    args = [
+      self._binary_path,
+      f'--port={self.port}',
+      f'--max_concurrent_computation_calls={self._max_calls}',
+    ]
+    os.makedirs(os.path.dirname(os.path.abspath(self.log_path)), exist_ok=True)
+    with open(self.log_path, 'ab') as log:
+      self._process = subprocess.Popen(
+        args,
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        close_fds=True,
+        start_new_session=True,
+        preexec_fn=_kill_when_parent_dies,
+      )
+    logging.info(
+      'Started TFF worker pid %d on port %d (log: %s).',
+      self._process.pid,
+      self.port,
+      self.log_path,
+    )
+
+  def is_running(self) -> bool:
+    return self._process is not None and self._process.poll() is None
+
+  @property
+  def returncode(self) -> int | None:
+    return None if self._process is None else self._process.poll()
+
+  def stop(self, timeout: float = 10.0) -> None:
+    """Stops the process: SIGINT, then SIGKILL after `timeout` seconds."""
+    process = self._process
+    if process is None:
+      return
+    if process.poll() is None:
+      try:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=timeout)
+      except subprocess.TimeoutExpired:
+        logging.warning(
+          'TFF worker pid %d ignored SIGINT for %.0f s; killing it.',
+          process.pid,
+          timeout,
+        )
+        process.kill()
+        process.wait()
+    logging.info('Stopped TFF worker pid %d.', process.pid)
+
+  def log_tail(self, max_bytes: int = 4000) -> str:
+    """The end of the worker's log, for error messages."""
+    try:
+      with open(self.log_path, 'rb') as f:
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - max_bytes))
+        return f.read().decode('utf-8', errors='replace')
+    except OSError:
+      return ''
+
+  def wait_until(self, is_ready, timeout: float) -> None:
+    """Polls `is_ready()` until it is true; fails if the process dies first.
+
+    Args:
+      is_ready: A callable returning True once the service answers.
+      timeout: Seconds to wait before giving up.
+
+    Raises:
+      RuntimeError: The process exited or `timeout` passed; the message
+        holds the end of the worker's log.
+    """
+    deadline = time.monotonic() + timeout
+    while not is_ready():
+      if not self.is_running():
+        raise RuntimeError(
+          f'TFF worker exited with code {self.returncode} before it was '
+          f'ready (log {self.log_path}):\n{self.log_tail()}'
+        )
+      if time.monotonic() > deadline:
+        raise RuntimeError(
+          f'TFF worker on port {self.port} was not ready after {timeout:.0f} '
+          f's (log {self.log_path}):\n{self.log_tail()}'
+        )
+      time.sleep(0.05)
+
+
+def _load_prctl():
+  if not sys.platform.startswith('linux'):
+    return None
+  libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6')
+  prctl = libc.prctl
+  prctl.argtypes = [ctypes.c_int, ctypes.c_ulong]
+  prctl.restype = ctypes.c_int
+  return prctl
+
+
+# Resolved before any fork: the child only makes one foreign call.
+_PRCTL = _load_prctl()
+
+
+def _kill_when_parent_dies() -> None:
+  # Runs in the child between fork and exec; keep it to one system call.
+  if _PRCTL is not None:
+    _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
