@@ -27,6 +27,32 @@ def test_round_trip():
   np.testing.assert_array_equal(parsed['regions'], regions.astype(np.float32))
 
 
+@pytest.mark.parametrize(
+  'values, stored_as, bytes_per_value',
+  [
+    ([0, 1, -32768, 32767], b'int16', 2),  # whole numbers int16 holds
+    ([0.0, 1.0, 812.0, -3.0], b'int16', 2),  # float-typed whole numbers
+    ([0, 1, 32768, 7], b'float32', 4),  # uint16 beyond int16
+    ([0.5, 1.0, 2.0, 3.0], b'float32', 4),  # fractional intensities
+  ],
+)
+def test_image_is_stored_compactly_and_exactly(
+  values, stored_as, bytes_per_value
+):
+  image = np.broadcast_to(np.array(values), (2, 1, 1, 4)).copy()
+  image = image.astype(np.uint16 if max(values) == 32768 else np.float64)
+  regions = np.zeros((2, 1, 1, 3), bool)
+  serialized = records.encode_case('c', image, regions)
+  example = tf.train.Example.FromString(serialized)
+  assert (
+    example.features.feature['image_dtype'].bytes_list.value[0] == stored_as
+  )
+  raw = example.features.feature['image'].bytes_list.value[0]
+  assert len(raw) == image.size * bytes_per_value
+  parsed = records.parse_case(tf.constant(serialized))
+  np.testing.assert_array_equal(parsed['image'], image.astype(np.float32))
+
+
 def test_packed_bytes_are_one_per_voxel():
   image, regions = _case((2, 2, 2))
   example = tf.train.Example.FromString(
@@ -36,7 +62,7 @@ def test_packed_bytes_are_one_per_voxel():
   assert len(packed) == 8
   assert list(packed) == list(layouts.pack_regions(regions).ravel())
   raw = example.features.feature['image'].bytes_list.value[0]
-  assert len(raw) == 2 * 2 * 2 * 4 * 4  # float32, four channels
+  assert len(raw) == 2 * 2 * 2 * 4 * 4  # float32 (normal samples), 4 channels
 
 
 def test_parse_in_a_dataset_graph():

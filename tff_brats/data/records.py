@@ -4,10 +4,14 @@ A record holds one case cropped to its brain bounding box:
 
 * `case_id`: bytes, the BraTS case id.
 * `shape`: int64 `[3]`, the cropped volume shape `(D, H, W)`.
-* `image`: bytes, float32 little-endian `[D, H, W, 4]`, raw scanner
-  intensities in the layout's modality order (z-scoring happens in the input
-  pipeline, so a shard can be re-normalised differently without re-reading
-  the NIfTI files).
+* `image`: bytes, little-endian `[D, H, W, 4]`, raw scanner intensities in
+  the layout's modality order (z-scoring happens in the input pipeline, so a
+  shard can be re-normalised differently without re-reading the NIfTI
+  files).
+* `image_dtype`: bytes, 'int16' when every intensity is a whole number that
+  int16 holds exactly (BraTS scans are stored as int16, so this is the usual
+  case and halves the shard size), otherwise 'float32'. Either way the
+  parsed image is float32 and equal to the source values.
 * `regions`: bytes, uint8 `[D, H, W]`, the (TC, WT, ET) regions packed as
   bits 1, 2, 4 (see `layouts.pack_regions`); one byte per voxel instead of
   three.
@@ -30,6 +34,7 @@ FEATURES = {
   'case_id': tf.io.FixedLenFeature([], tf.string),
   'shape': tf.io.FixedLenFeature([3], tf.int64),
   'image': tf.io.FixedLenFeature([], tf.string),
+  'image_dtype': tf.io.FixedLenFeature([], tf.string),
   'regions': tf.io.FixedLenFeature([], tf.string),
 }
 
@@ -56,12 +61,15 @@ def encode_case(case_id: str, image: np.ndarray, regions: np.ndarray) -> bytes:
       f'regions must have shape {(*image.shape[:3], NUM_REGIONS)} to match '
       f'image. Found {regions.shape}.'
     )
+  dtype_name = 'int16' if _fits_int16(image) else 'float32'
+  dtype = {'int16': '<i2', 'float32': '<f4'}[dtype_name]
   feature = {
     'case_id': _bytes_feature(case_id.encode('utf-8')),
     'shape': tf.train.Feature(
       int64_list=tf.train.Int64List(value=list(image.shape[:3]))
     ),
-    'image': _bytes_feature(image.astype('<f4').tobytes()),
+    'image': _bytes_feature(image.astype(dtype).tobytes()),
+    'image_dtype': _bytes_feature(dtype_name.encode('ascii')),
     'regions': _bytes_feature(layouts.pack_regions(regions).tobytes()),
   }
   example = tf.train.Example(features=tf.train.Features(feature=feature))
@@ -80,7 +88,14 @@ def parse_case(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
   """
   parsed = tf.io.parse_single_example(serialized, FEATURES)
   shape = tf.cast(parsed['shape'], tf.int32)
-  image = tf.io.decode_raw(parsed['image'], tf.float32, little_endian=True)
+  image = tf.cond(
+    tf.equal(parsed['image_dtype'], 'int16'),
+    lambda: tf.cast(
+      tf.io.decode_raw(parsed['image'], tf.int16, little_endian=True),
+      tf.float32,
+    ),
+    lambda: tf.io.decode_raw(parsed['image'], tf.float32, little_endian=True),
+  )
   image = tf.reshape(image, tf.concat([shape, [NUM_MODALITIES]], axis=0))
   packed = tf.io.decode_raw(parsed['regions'], tf.uint8)
   packed = tf.reshape(packed, shape)
@@ -91,6 +106,18 @@ def parse_case(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
     'image': image,
     'regions': tf.cast(regions, tf.float32),
   }
+
+
+def _fits_int16(image: np.ndarray) -> bool:
+  if np.issubdtype(image.dtype, np.integer):
+    info = np.iinfo(image.dtype)
+    if info.min >= -(2**15) and info.max < 2**15:
+      return True
+  if image.size == 0:
+    return True
+  if image.min() < -(2**15) or image.max() >= 2**15:
+    return False
+  return bool(np.all(np.round(image) == image))
 
 
 def _bytes_feature(value: bytes) -> tf.train.Feature:
