@@ -13,6 +13,9 @@ import pytest
 
 from tff_brats.data import synthetic
 
+# Each test starts Python processes that import TensorFlow (~5 s each).
+pytestmark = pytest.mark.slow
+
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
 
 

@@ -20,6 +20,9 @@ import tensorflow_federated as tff
 
 from tff_brats.runtime import local
 
+# Each test starts Python processes that import TensorFlow (~5 s each).
+pytestmark = pytest.mark.slow
+
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
 
 _CHILD = textwrap.dedent(
