@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 
 from tests import testing_utils
+from tff_brats.data import layouts
 from tff_brats.data import pipeline
 from tff_brats.data import records
 
@@ -553,3 +554,26 @@ class TestEvaluationDataset:
       pipeline.make_evaluation_dataset([])
     with pytest.raises(ValueError, match='prefetch must be'):
       pipeline.make_evaluation_dataset(folder.shard_paths('a'), prefetch=-5)
+
+
+def test_case_to_crops_with_packed_regions_equals_float_regions():
+  """Cropping the packed mask and unpacking the crop is the same crop."""
+  rng = np.random.default_rng(5)
+  image = rng.uniform(1, 100, size=(12, 10, 14, 4)).astype(np.float32)
+  labels = np.zeros((12, 10, 14), np.int64)
+  labels[3:6, 4:7, 5:9] = 2
+  labels[4, 5, 6] = 4
+  regions = layouts.labels_to_regions(labels, layouts.BRATS2018)
+  packed = layouts.pack_regions(regions)[..., np.newaxis]
+  kwargs = dict(
+    crop_size=(8, 8, 8), crops_per_case=3, tumour_crop_probability=0.5
+  )
+  seed = tf.constant([3, 9], tf.int64)
+  from_float = pipeline.case_to_crops(
+    image, regions.astype(np.float32), seed, **kwargs
+  )
+  from_packed = pipeline.case_to_crops(image, packed, seed, **kwargs)
+  for a, b in zip(from_float, from_packed, strict=True):
+    np.testing.assert_array_equal(a, b)
+  assert from_packed[1].dtype == tf.float32
+  assert from_packed[1].shape == (3, 8, 8, 8, 3)

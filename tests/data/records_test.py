@@ -92,3 +92,16 @@ def test_parse_in_a_dataset_graph():
 def test_bad_shapes(image_shape, regions_shape, message):
   with pytest.raises(ValueError, match=message):
     records.encode_case('c', np.zeros(image_shape), np.zeros(regions_shape))
+
+
+def test_packed_regions_unpack_to_the_same_channels():
+  image, regions = _case((4, 3, 2))
+  serialized = tf.constant(records.encode_case('c', image, regions))
+  packed = records.parse_case(serialized, unpack_regions=False)['regions']
+  assert packed.dtype == tf.uint8
+  assert packed.shape == (4, 3, 2, 1)
+  np.testing.assert_array_equal(packed[..., 0], layouts.pack_regions(regions))
+  np.testing.assert_array_equal(
+    records.unpack_regions_tf(packed), regions.astype(np.float32)
+  )
+  assert records.WT_BIT == 2

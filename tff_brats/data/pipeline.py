@@ -326,7 +326,9 @@ def case_to_crops(
 
   Args:
     image: float32 `[D, H, W, 4]` raw intensities.
-    regions: float32 `[D, H, W, 3]` (TC, WT, ET).
+    regions: float32 `[D, H, W, 3]` (TC, WT, ET), or the packed uint8
+      `[D, H, W, 1]` form of `records.parse_case(unpack_regions=False)`,
+      which is unpacked crop by crop (cheaper than unpacking the volume).
     seed: int `[2]` stateless seed of this case.
     crop_size: `(d, h, w)`.
     crops_per_case: Number of crops (each with its own seed).
@@ -341,9 +343,15 @@ def case_to_crops(
   _check_positive_int('crops_per_case', crops_per_case)
   _check_probability('tumour_crop_probability', tumour_crop_probability)
   image, regions = _ensure_case_shapes(image, regions)
+  packed = regions.dtype == tf.uint8
   mean, std = zscore_statistics(image)
   image, regions = pad_to_size(image, regions, crop_size)
-  tumour = tf.where(regions[..., _WT] > 0)
+  if packed:
+    tumour = tf.where(
+      tf.bitwise.bitwise_and(regions[..., 0], records.WT_BIT) > 0
+    )
+  else:
+    tumour = tf.where(regions[..., _WT] > 0)
   volume_shape = tf.shape(image)[:3]
   image_crops, region_crops = [], []
   for crop_seed in _split(seed, crops_per_case):
@@ -353,6 +361,8 @@ def case_to_crops(
     )
     image_crop = apply_zscore(_slice(image, start, crop_size), mean, std)
     region_crop = _slice(regions, start, crop_size)
+    if packed:
+      region_crop = records.unpack_regions_tf(region_crop)
     if augment:
       image_crop, region_crop = random_flip(image_crop, region_crop, flip_seed)
       image_crop = random_intensity(image_crop, intensity_seed)
@@ -555,7 +565,7 @@ def _training_dataset(
 
 
 def _parse_image_and_regions(serialized):
-  case = records.parse_case(serialized)
+  case = records.parse_case(serialized, unpack_regions=False)
   return case['image'], case['regions']
 
 
@@ -566,9 +576,11 @@ def _ensure_case_shapes(
     tf.convert_to_tensor(image, tf.float32),
     [None, None, None, records.NUM_MODALITIES],
   )
+  regions = tf.convert_to_tensor(regions)
+  if regions.dtype == tf.uint8:  # packed bits, see records.parse_case
+    return image, tf.ensure_shape(regions, [None, None, None, 1])
   regions = tf.ensure_shape(
-    tf.convert_to_tensor(regions, tf.float32),
-    [None, None, None, records.NUM_REGIONS],
+    tf.cast(regions, tf.float32), [None, None, None, records.NUM_REGIONS]
   )
   return image, regions
 

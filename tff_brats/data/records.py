@@ -29,6 +29,8 @@ from tff_brats.data import layouts
 
 NUM_MODALITIES = 4
 NUM_REGIONS = len(layouts.REGIONS)
+# Bit of the whole-tumour region in a packed mask.
+WT_BIT = layouts.REGION_BITS[layouts.REGIONS.index('WT')]
 
 FEATURES = {
   'case_id': tf.io.FixedLenFeature([], tf.string),
@@ -76,15 +78,22 @@ def encode_case(case_id: str, image: np.ndarray, regions: np.ndarray) -> bytes:
   return example.SerializeToString()
 
 
-def parse_case(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
+def parse_case(
+  serialized: tf.Tensor, *, unpack_regions: bool = True
+) -> dict[str, tf.Tensor]:
   """Parses one serialised case (pure TF).
 
   Args:
     serialized: A scalar `tf.string` tensor from a shard.
+    unpack_regions: Whether to return the regions as three float channels;
+      False returns the packed uint8 mask `[D, H, W, 1]` (a quarter of the
+      memory of float channels), for pipelines that crop first and unpack
+      only the crop with `unpack_regions`.
 
   Returns:
     A dict with `case_id` (tf.string scalar), `image` (float32
-    `[D, H, W, 4]`) and `regions` (float32 `[D, H, W, 3]`, 0 or 1).
+    `[D, H, W, 4]`) and `regions` (float32 `[D, H, W, 3]`, 0 or 1, in
+    (TC, WT, ET) order; or uint8 `[D, H, W, 1]` packed, see above).
   """
   parsed = tf.io.parse_single_example(serialized, FEATURES)
   shape = tf.cast(parsed['shape'], tf.int32)
@@ -98,14 +107,18 @@ def parse_case(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
   )
   image = tf.reshape(image, tf.concat([shape, [NUM_MODALITIES]], axis=0))
   packed = tf.io.decode_raw(parsed['regions'], tf.uint8)
-  packed = tf.reshape(packed, shape)
-  bits = tf.constant(layouts.REGION_BITS, tf.uint8)
-  regions = tf.bitwise.bitwise_and(packed[..., tf.newaxis], bits) > 0
+  packed = tf.reshape(packed, tf.concat([shape, [1]], axis=0))
   return {
     'case_id': parsed['case_id'],
     'image': image,
-    'regions': tf.cast(regions, tf.float32),
+    'regions': unpack_regions_tf(packed) if unpack_regions else packed,
   }
+
+
+def unpack_regions_tf(packed: tf.Tensor) -> tf.Tensor:
+  """Packed uint8 `[..., 1]` region bits to float32 `[..., 3]` (TC, WT, ET)."""
+  bits = tf.constant(layouts.REGION_BITS, tf.uint8)
+  return tf.cast(tf.bitwise.bitwise_and(packed, bits) > 0, tf.float32)
 
 
 def _fits_int16(image: np.ndarray) -> bool:
