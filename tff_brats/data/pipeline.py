@@ -52,16 +52,14 @@ and every parallel map call holds one parsed case.
 from __future__ import annotations
 
 from collections.abc import Sequence
-import numbers
-import operator
 import os
 from typing import Any
 
-import numpy as np
 import tensorflow as tf
 
 from tff_brats.data import layouts
 from tff_brats.data import records
+from tff_brats.utils import checks
 
 # Foreground oversampling of nnU-Net (Isensee et al. 2021): a third of the
 # patches are centred on a foreground voxel.
@@ -292,7 +290,7 @@ def random_intensity(
     ('scale_factor', scale_factor),
     ('shift_offset', shift_offset),
   ):
-    if not _is_number(value) or value < 0:
+    if not checks.is_number(value) or value < 0:
       raise ValueError(
         f'{name} must be a non-negative number. Found {value!r}.'
       )
@@ -340,7 +338,7 @@ def case_to_crops(
     `crops_per_case`.
   """
   crop_size = _check_crop_size(crop_size)
-  _check_positive_int('crops_per_case', crops_per_case)
+  checks.check_positive_int('crops_per_case', crops_per_case)
   _check_probability('tumour_crop_probability', tumour_crop_probability)
   image, regions = _ensure_case_shapes(image, regions)
   packed = regions.dtype == tf.uint8
@@ -376,7 +374,7 @@ def training_element_spec(
 ) -> tuple[tf.TensorSpec, tf.TensorSpec]:
   """The element spec of `make_training_dataset` batches."""
   crop_size = _check_crop_size(crop_size)
-  _check_positive_int('batch_size', batch_size)
+  checks.check_positive_int('batch_size', batch_size)
   return (
     tf.TensorSpec([batch_size, *crop_size, records.NUM_MODALITIES], tf.float32),
     tf.TensorSpec([batch_size, *crop_size, records.NUM_REGIONS], tf.float32),
@@ -623,11 +621,13 @@ def _check_training_options(
   prefetch: Any = tf.data.AUTOTUNE,
 ) -> dict[str, Any]:
   crop_size = _check_crop_size(crop_size)
-  _check_positive_int('batch_size', batch_size)
+  checks.check_positive_int('batch_size', batch_size)
   _check_probability('tumour_crop_probability', tumour_crop_probability)
-  _check_positive_int('crops_per_case', crops_per_case)
-  _check_positive_int('shuffle_buffer_size', shuffle_buffer_size)
-  if seed is not None and (not _is_int(seed) or not 0 <= seed <= _INT64_MAX):
+  checks.check_positive_int('crops_per_case', crops_per_case)
+  checks.check_positive_int('shuffle_buffer_size', shuffle_buffer_size)
+  if seed is not None and (
+    not checks.is_int(seed) or not 0 <= seed <= _INT64_MAX
+  ):
     raise ValueError(
       f'seed must be None or a non-negative 64-bit integer. Found {seed!r}.'
     )
@@ -686,13 +686,13 @@ def _check_shard_paths(shard_paths: Any) -> tf.Tensor:
 
 
 def _check_crop_size(crop_size: Any) -> tuple[int, int, int]:
-  if _is_int(crop_size):
+  if checks.is_int(crop_size):
     crop_size = (crop_size,) * 3
   if (
     not isinstance(crop_size, Sequence)
     or isinstance(crop_size, str)
     or len(crop_size) != 3
-    or not all(_is_int(v) and v >= 1 for v in crop_size)
+    or not all(checks.is_int(v) and v >= 1 for v in crop_size)
   ):
     raise ValueError(
       'crop_size must be 3 positive integers (d, h, w) or one positive '
@@ -701,44 +701,23 @@ def _check_crop_size(crop_size: Any) -> tuple[int, int, int]:
   return tuple(int(v) for v in crop_size)
 
 
-def _check_positive_int(name: str, value: Any) -> None:
-  if not _is_int(value) or value < 1:
-    raise ValueError(f'{name} must be a positive integer. Found {value!r}.')
-
-
 def _check_probability(name: str, value: Any) -> None:
-  if not _is_number(value) or not 0.0 <= value <= 1.0:
+  if not checks.is_number(value) or not 0.0 <= value <= 1.0:
     raise ValueError(
       f'{name} must be a probability in [0, 1]. Found {value!r}.'
     )
 
 
 def _check_autotune_or_positive(name: str, value: Any) -> None:
-  if not _is_int(value) or not (value >= 1 or value == tf.data.AUTOTUNE):
+  if not checks.is_int(value) or not (value >= 1 or value == tf.data.AUTOTUNE):
     raise ValueError(
       f'{name} must be a positive integer or tf.data.AUTOTUNE. Found {value!r}.'
     )
 
 
 def _check_autotune_or_non_negative(name: str, value: Any) -> None:
-  if not _is_int(value) or not (value >= 0 or value == tf.data.AUTOTUNE):
+  if not checks.is_int(value) or not (value >= 0 or value == tf.data.AUTOTUNE):
     raise ValueError(
       f'{name} must be a non-negative integer or tf.data.AUTOTUNE. '
       f'Found {value!r}.'
     )
-
-
-def _is_int(value: Any) -> bool:
-  if isinstance(value, bool | np.bool_):
-    return False
-  try:
-    operator.index(value)
-  except TypeError:
-    return False
-  return True
-
-
-def _is_number(value: Any) -> bool:
-  return isinstance(value, numbers.Real) and not isinstance(
-    value, bool | np.bool_
-  )

@@ -47,7 +47,6 @@ import dataclasses
 import json
 import logging
 import math
-import operator
 import os
 import sys
 from typing import Any
@@ -60,6 +59,7 @@ import tqdm
 import tff_brats
 from tff_brats.data import layouts
 from tff_brats.utils import atomic
+from tff_brats.utils import checks
 
 # Institution tokens of BraTS 2018 in the order of Li et al. 2019, Table 1.
 BRATS2018_INSTITUTIONS = (
@@ -176,7 +176,7 @@ class SyntheticCase:
 
 def institution_tokens(num_institutions: int) -> tuple[str, ...]:
   """Tokens of the first `num_institutions` institutions."""
-  _check_positive_int('num_institutions', num_institutions)
+  checks.check_positive_int('num_institutions', num_institutions)
   extra = range(len(BRATS2018_INSTITUTIONS) + 1, num_institutions + 1)
   tokens = BRATS2018_INSTITUTIONS + tuple(f'SITE{i}' for i in extra)
   return tokens[:num_institutions]
@@ -239,7 +239,7 @@ def assign_institutions(
 
 def case_grade(case_index: int, *, lgg_fraction: float, seed: int) -> str:
   """'LGG' with probability `lgg_fraction`, from the case's own stream."""
-  _check_index('case_index', case_index)
+  checks.check_non_negative_int('case_index', case_index)
   _check_fraction('lgg_fraction', lgg_fraction)
   _check_seed(seed)
   rng = _rng(seed, _GRADE_STREAM, case_index)
@@ -248,7 +248,7 @@ def case_grade(case_index: int, *, lgg_fraction: float, seed: int) -> str:
 
 def scanner_profile(institution: int, *, seed: int) -> ScannerProfile:
   """The scanner of institution number `institution` (0-based)."""
-  _check_index('institution', institution)
+  checks.check_non_negative_int('institution', institution)
   _check_seed(seed)
   rng = _rng(seed, _SCANNER_STREAM, institution)
   scale = np.array(_BASE_SCALE) * np.exp(rng.uniform(-0.6, 0.6, 4))
@@ -303,8 +303,8 @@ def generate_case(
   Returns:
     A `SyntheticCase`.
   """
-  _check_index('case_index', case_index)
-  _check_index('institution', institution)
+  checks.check_non_negative_int('case_index', case_index)
+  checks.check_non_negative_int('institution', institution)
   if grade not in GRADES:
     raise ValueError(f'grade must be one of {list(GRADES)}. Found {grade!r}.')
   shape = _check_shape(shape)
@@ -869,28 +869,8 @@ def _as_layout(layout: str | layouts.Layout) -> layouts.Layout:
   return layouts.get_layout(layout)
 
 
-def _is_int(value: Any) -> bool:
-  if isinstance(value, bool | np.bool_):
-    return False
-  try:
-    operator.index(value)
-  except TypeError:
-    return False
-  return True
-
-
-def _check_positive_int(name: str, value: Any) -> None:
-  if not _is_int(value) or value < 1:
-    raise ValueError(f'{name} must be a positive integer. Found {value!r}.')
-
-
-def _check_index(name: str, value: Any) -> None:
-  if not _is_int(value) or value < 0:
-    raise ValueError(f'{name} must be a non-negative integer. Found {value!r}.')
-
-
 def _check_seed(seed: Any) -> None:
-  _check_index('seed', seed)
+  checks.check_non_negative_int('seed', seed)
 
 
 def _check_fraction(name: str, value: Any) -> None:
@@ -905,8 +885,11 @@ def _check_fraction(name: str, value: Any) -> None:
 def _check_counts(
   num_cases: Any, num_institutions: Any, institution_sizes: Any
 ) -> None:
-  _check_positive_int('num_cases', num_cases)
-  if not _is_int(num_institutions) or not 1 <= num_institutions <= num_cases:
+  checks.check_positive_int('num_cases', num_cases)
+  if (
+    not checks.is_int(num_institutions)
+    or not 1 <= num_institutions <= num_cases
+  ):
     raise ValueError(
       f'num_institutions must be an integer between 1 and num_cases '
       f'({num_cases}). Found {num_institutions!r}.'
@@ -930,7 +913,7 @@ def _check_shape(shape: Any) -> tuple[int, int, int]:
     dims = tuple(shape)
   except TypeError:
     dims = ()
-  if len(dims) != 3 or not all(_is_int(d) and d >= 16 for d in dims):
+  if len(dims) != 3 or not all(checks.is_int(d) and d >= 16 for d in dims):
     raise ValueError(
       f'shape must be 3 integers, each at least 16. Found {shape!r}.'
     )

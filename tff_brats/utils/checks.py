@@ -1,0 +1,43 @@
+"""Argument checks shared by the library, with one message pattern.
+
+Messages follow tensorflow_privacy's pattern, naming the argument and the
+value: `'crops_per_case must be a positive integer. Found 0.'`.
+"""
+
+from __future__ import annotations
+
+import numbers
+import operator
+from typing import Any
+
+import numpy as np
+
+
+def is_int(value: Any) -> bool:
+  """Whether `value` is an integer (Python or numpy), bools excluded."""
+  if isinstance(value, bool | np.bool_):
+    return False
+  try:
+    operator.index(value)
+  except TypeError:
+    return False
+  return True
+
+
+def is_number(value: Any) -> bool:
+  """Whether `value` is a real number (Python or numpy), bools excluded."""
+  return isinstance(value, numbers.Real) and not isinstance(
+    value, bool | np.bool_
+  )
+
+
+def check_positive_int(name: str, value: Any) -> None:
+  """Raises ValueError unless `value` is an integer >= 1."""
+  if not is_int(value) or value < 1:
+    raise ValueError(f'{name} must be a positive integer. Found {value!r}.')
+
+
+def check_non_negative_int(name: str, value: Any) -> None:
+  """Raises ValueError unless `value` is an integer >= 0."""
+  if not is_int(value) or value < 0:
+    raise ValueError(f'{name} must be a non-negative integer. Found {value!r}.')
