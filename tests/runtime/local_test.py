@@ -160,6 +160,14 @@ def test_close_is_idempotent_and_restores_signal_handlers(tmp_path):
   assert signal.getsignal(signal.SIGTERM) is before
 
 
+def test_temporary_log_dir_is_removed_on_close():
+  with local.LocalRuntime() as rt:
+    log_dir = os.path.dirname(rt.log_path)
+    assert os.path.basename(log_dir).startswith('tff_brats-runtime-')
+    assert os.path.exists(rt.log_path)
+  assert not os.path.exists(log_dir)
+
+
 def test_start_twice_is_an_error(tmp_path):
   with (
     local.LocalRuntime(log_dir=str(tmp_path)) as rt,

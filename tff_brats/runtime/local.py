@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import shutil
 import signal
 import tempfile
 import threading
@@ -69,8 +70,9 @@ class LocalRuntime:
     Args:
       default_num_clients: CLIENTS cardinality for computations whose
         arguments do not determine it (TFF needs one; 0 when none is given).
-      log_dir: Folder for the worker log `tff_worker-<port>.log`; a temporary
-        folder when None.
+      log_dir: Folder for the worker log `tff_worker-<port>.log`; when None,
+        a temporary folder that is deleted on close (startup failures quote
+        the end of the log in their message).
       max_concurrent_computation_calls: Passed to the worker; non-positive
         means no limit.
       startup_timeout: Seconds to wait for the worker to accept calls.
@@ -92,6 +94,7 @@ class LocalRuntime:
     self._worker = None
     self._channel: grpc.Channel | None = None
     self._previous_handlers: dict[int, object] = {}
+    self._temporary_log_dir: str | None = None
 
   @property
   def worker_pid(self) -> int | None:
@@ -116,7 +119,11 @@ class LocalRuntime:
     if self._worker is not None:
       raise RuntimeError('This LocalRuntime is already started.')
     port = self._port or portpicker.pick_unused_port()
-    log_dir = self._log_dir or tempfile.mkdtemp(prefix='tff_brats-runtime-')
+    log_dir = self._log_dir
+    if log_dir is None:
+      log_dir = self._temporary_log_dir = tempfile.mkdtemp(
+        prefix='tff_brats-runtime-'
+      )
     log_path = os.path.join(log_dir, f'tff_worker-{port}.log')
     self._worker = worker_lib.WorkerProcess(
       port,
@@ -157,6 +164,9 @@ class LocalRuntime:
       self._channel.close()
       self._channel = None
     worker.stop()
+    if self._temporary_log_dir is not None:
+      shutil.rmtree(self._temporary_log_dir, ignore_errors=True)
+      self._temporary_log_dir = None
 
   def _install_signal_handlers(self) -> None:
     if threading.current_thread() is not threading.main_thread():
