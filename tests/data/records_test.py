@@ -105,3 +105,16 @@ def test_packed_regions_unpack_to_the_same_channels():
     records.unpack_regions_tf(packed), regions.astype(np.float32)
   )
   assert records.WT_BIT == 2
+
+
+def test_record_without_image_dtype_parses_as_float32():
+  image, regions = _case((2, 3, 4))
+  example = tf.train.Example.FromString(
+    records.encode_case('c', image, regions)
+  )
+  example.features.feature['image'].bytes_list.value[0] = image.astype(
+    '<f4'
+  ).tobytes()
+  del example.features.feature['image_dtype']
+  parsed = records.parse_case(tf.constant(example.SerializeToString()))
+  np.testing.assert_array_equal(parsed['image'], image)

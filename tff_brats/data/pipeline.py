@@ -24,11 +24,13 @@ function of its base seed.
 Randomness of `make_training_dataset`:
 
 * `seed=<int>`: the shard order, the record shuffle and every element's
-  augmentation are fixed by the seed. Element `i` (counted after the
-  shuffle) gets the stateless seed `fold_in([0, seed], i)`, so a parallel
-  map gives identical batches run after run. Iterating the same dataset
-  again reshuffles the records (deterministically), so position `i` then
-  holds another case; with `shuffle=False` every pass is identical.
+  augmentation are fixed by the seed alone (stateless ops throughout, never
+  `tf.data.Dataset.shuffle`, whose order also depends on TensorFlow's
+  global seed). Element `i` (counted after the shuffle) gets the stateless
+  seed `fold_in([0, seed], i)`, so a parallel map gives identical batches
+  run after run and in any process. Iterating the same dataset again gives
+  the same batches; build a new dataset with another seed for another
+  epoch (the trainers derive one from (seed, epoch)).
 * `seed=None`: the base seed is drawn by an unseeded `tf.random.uniform`
   when the dataset is created, i.e. on every call of a TFF computation that
   builds it and on every client (the C++ runtime gives unseeded ops fresh
@@ -75,6 +77,12 @@ _RELATIVE_STD_FLOOR = 1e-5
 _ABSOLUTE_STD_FLOOR = 1e-12
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
+
+
+# Stream ids folded into the base seed for the two shuffles (the elements
+# themselves use fold_in(base_seed, i) with i >= 0).
+_SHARD_ORDER_STREAM = -1
+_RECORD_ORDER_STREAM = -2
 
 
 def zscore_statistics(image: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -410,9 +418,9 @@ def make_training_dataset(
       on a random tumour voxel.
     crops_per_case: Crops taken from each parsed case (>= 1).
     augment: Random flips and intensity scale/shift when True.
-    shuffle: Shuffle the shard order and the records (within
-      `shuffle_buffer_size`); crops of one case stay consecutive.
-    shuffle_buffer_size: Serialised records in the shuffle buffer (>= 1).
+    shuffle: Shuffle the shard order and the records (in consecutive
+      blocks of `shuffle_buffer_size`); crops of one case stay consecutive.
+    shuffle_buffer_size: Serialised records per shuffled block (>= 1).
     seed: A non-negative int for reproducible batches, or None for fresh
       randomness every time the dataset is created (see the module doc).
     num_parallel_calls: Parallel parse/crop calls (>= 1 or
@@ -438,10 +446,16 @@ def make_training_dataset(
     prefetch=prefetch,
   )
   if shuffle:
-    files = files.shuffle(
-      tf.cast(tf.size(paths), tf.int64),
-      seed=seed,
-      reshuffle_each_iteration=True,
+    # A fresh unseeded draw, or a stream of its own for a fixed seed.
+    order_seed = tf.random.experimental.stateless_fold_in(
+      _base_seed(seed), _SHARD_ORDER_STREAM
+    )
+    files = (
+      files.batch(tf.cast(tf.size(paths), tf.int64))
+      .map(
+        lambda names: tf.gather(names, _permutation(tf.size(names), order_seed))
+      )
+      .unbatch()
     )
   serialized = tf.data.TFRecordDataset(files)
   return _training_dataset(serialized, _parse_image_and_regions, **options)
@@ -537,11 +551,13 @@ def _training_dataset(
   prefetch: int,
 ) -> tf.data.Dataset:
   """Shuffle, per-element seeds, crops, batches: shared by both sources."""
-  if shuffle:
-    dataset = dataset.shuffle(
-      shuffle_buffer_size, seed=seed, reshuffle_each_iteration=True
-    )
   base_seed = _base_seed(seed)
+  if shuffle:
+    dataset = _block_shuffle(
+      dataset,
+      shuffle_buffer_size,
+      tf.random.experimental.stateless_fold_in(base_seed, _RECORD_ORDER_STREAM),
+    )
 
   def crops(index, element):
     image, regions = to_image_and_regions(element)
@@ -560,6 +576,36 @@ def _training_dataset(
   )
   dataset = dataset.unbatch().batch(batch_size, drop_remainder=True)
   return dataset.prefetch(prefetch) if prefetch else dataset
+
+
+def _block_shuffle(
+  dataset: tf.data.Dataset, block_size: int, seed: tf.Tensor
+) -> tf.data.Dataset:
+  """Permutes each run of `block_size` elements by a stateless permutation.
+
+  Unlike `tf.data.Dataset.shuffle`, whose order also depends on TensorFlow's
+  global seed (so the same `seed` gives another order in a process that
+  called `tf.random.set_seed`, e.g. the TFF worker vs. the driver), the
+  order here is a function of `seed` alone. Block `b` is permuted with
+  `fold_in(seed, b)`; elements never leave their block.
+  """
+
+  def permute(index, window):
+    block = tf.data.Dataset.zip(window)
+    size = block.reduce(tf.constant(0, tf.int32), lambda n, _: n + 1)
+    order = _permutation(
+      size, tf.random.experimental.stateless_fold_in(seed, index)
+    )
+    return tf.data.Dataset.from_tensor_slices(order).flat_map(
+      lambda j: block.skip(tf.cast(j, tf.int64)).take(1)
+    )
+
+  return dataset.window(block_size).enumerate().flat_map(permute)
+
+
+def _permutation(size: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+  """A uniformly random permutation of `range(size)`, stateless."""
+  return tf.argsort(tf.random.stateless_uniform([size], seed=seed))
 
 
 def _parse_image_and_regions(serialized):

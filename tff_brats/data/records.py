@@ -36,7 +36,8 @@ FEATURES = {
   'case_id': tf.io.FixedLenFeature([], tf.string),
   'shape': tf.io.FixedLenFeature([3], tf.int64),
   'image': tf.io.FixedLenFeature([], tf.string),
-  'image_dtype': tf.io.FixedLenFeature([], tf.string),
+  # Absent in shards written before int16 storage existed: float32.
+  'image_dtype': tf.io.FixedLenFeature([], tf.string, default_value='float32'),
   'regions': tf.io.FixedLenFeature([], tf.string),
 }
 
