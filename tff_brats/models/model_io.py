@@ -1,0 +1,154 @@
+"""Saving and loading a `SegResNet` as a folder: architecture + weights.
+
+A model folder holds
+
+    config.json         {"format_version": 1, "model": "SegResNet",
+                         "config": <SegResNet.get_config()>,
+                         "weights": "weights", "tensorflow_version": ...}
+    weights.index       the weights as a TensorFlow checkpoint (what
+    weights.data-*      `tf.keras.Model.save_weights(..., save_format='tf')`
+                        writes and plain Keras 2 `load_weights` reads)
+    checkpoint          Keras' checkpoint-state file (relative path)
+
+The checkpoint matches variables by their place in the model (not by the
+order of layers, as HDF5 files do), so a wrong architecture fails loudly.
+The folder is written under a temporary sibling name and renamed when
+complete (`tff_brats.utils.atomic.staged_directory`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import tensorflow as tf
+
+from tff_brats.models import segresnet
+from tff_brats.utils import atomic
+
+FORMAT_VERSION = 1
+CONFIG_FILE = 'config.json'
+WEIGHTS_PREFIX = 'weights'
+MODEL_NAME = 'SegResNet'
+
+
+def save_model(
+  model: segresnet.SegResNet, path: str, *, overwrite: bool = False
+) -> None:
+  """Writes `model` (architecture and weights) to the folder `path`.
+
+  Args:
+    model: A built `SegResNet` (called at least once).
+    path: The folder to create.
+    overwrite: Whether an existing non-empty folder may be replaced (only
+      once the new one is complete).
+
+  Raises:
+    TypeError: `model` is not a `SegResNet`.
+    ValueError: `model` has no weights yet.
+    FileExistsError: `path` exists, is not empty and `overwrite` is False.
+  """
+  if not isinstance(model, segresnet.SegResNet):
+    raise TypeError(f'model must be a SegResNet. Found {type(model).__name__}.')
+  if not model.built or not model.weights:
+    raise ValueError(
+      'model must be built (called once) before saving. Found no weights.'
+    )
+  manifest = {
+    'format_version': FORMAT_VERSION,
+    'model': MODEL_NAME,
+    'config': model.get_config(),
+    'weights': WEIGHTS_PREFIX,
+    'tensorflow_version': tf.__version__,
+  }
+  with atomic.staged_directory(path, replace=overwrite) as tmp:
+    model.save_weights(os.path.join(tmp, WEIGHTS_PREFIX), save_format='tf')
+    with open(os.path.join(tmp, CONFIG_FILE), 'w') as f:
+      json.dump(manifest, f, indent=1, sort_keys=True)
+      f.write('\n')
+
+
+def load_model(path: str) -> segresnet.SegResNet:
+  """Rebuilds the model saved in the folder `path` and restores its weights.
+
+  The model is constructed under the current global Keras policy (see
+  `tff_brats.models.precision`); its variables are float32 either way.
+
+  Raises:
+    FileNotFoundError: `path`, its config.json or its weights are missing.
+    ValueError: config.json is malformed (naming the file and the field),
+      or the weights do not fit the architecture.
+  """
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f'Model folder {path} does not exist.')
+  config_path = os.path.join(path, CONFIG_FILE)
+  manifest = _read_manifest(config_path)
+  try:
+    model = segresnet.SegResNet.from_config(manifest['config'])
+  except (TypeError, ValueError) as e:
+    raise ValueError(f'{config_path}: field "config" is invalid: {e}') from e
+  prefix = os.path.join(path, manifest['weights'])
+  if not tf.io.gfile.exists(prefix + '.index'):
+    raise FileNotFoundError(
+      f'{path} has no weights: {prefix}.index is missing '
+      f'(field "weights" of {config_path}).'
+    )
+  size = model.size_multiple
+  model(tf.zeros([1, size, size, size, model.in_channels]))
+  try:
+    model.load_weights(
+      prefix
+    ).assert_existing_objects_matched().expect_partial()
+  except (AssertionError, ValueError, tf.errors.OpError) as e:
+    raise ValueError(
+      f'The weights {prefix} do not fit the model of {config_path}: {e}'
+    ) from e
+  return model
+
+
+def _read_manifest(config_path: str) -> dict[str, Any]:
+  """Reads and checks config.json; errors name the file and the field."""
+  if not os.path.isfile(config_path):
+    raise FileNotFoundError(f'{config_path} is missing.')
+  try:
+    with open(config_path) as f:
+      manifest = json.load(f)
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise ValueError(f'{config_path} is not valid JSON: {e}') from e
+  if not isinstance(manifest, dict):
+    raise ValueError(
+      f'{config_path} must hold a JSON object. Found {type(manifest).__name__}.'
+    )
+  fields = {
+    'format_version': int,
+    'model': str,
+    'config': dict,
+    'weights': str,
+  }
+  for field, kind in fields.items():
+    if field not in manifest:
+      raise ValueError(f'{config_path}: field "{field}" is missing.')
+    value = manifest[field]
+    if not isinstance(value, kind) or isinstance(value, bool):
+      raise ValueError(
+        f'{config_path}: field "{field}" must be a {kind.__name__}. '
+        f'Found {value!r}.'
+      )
+  if manifest['format_version'] != FORMAT_VERSION:
+    raise ValueError(
+      f'{config_path}: field "format_version" must be {FORMAT_VERSION}. '
+      f'Found {manifest["format_version"]!r}.'
+    )
+  if manifest['model'] != MODEL_NAME:
+    raise ValueError(
+      f'{config_path}: field "model" must be {MODEL_NAME!r}. '
+      f'Found {manifest["model"]!r}.'
+    )
+  weights = manifest['weights']
+  if not weights or os.path.isabs(weights) or os.sep in weights:
+    raise ValueError(
+      f'{config_path}: field "weights" must be a file name prefix inside the '
+      f'folder. Found {weights!r}.'
+    )
+  return manifest
