@@ -1,0 +1,61 @@
+"""Exports a trained model folder as a plain TensorFlow SavedModel.
+
+Example:
+
+  python -m experiments.export_model --model_dir=/runs/exp1/model \
+    --output_dir=/runs/exp1/saved_model
+
+The SavedModel loads with `tf.saved_model.load` alone (no tff_brats, no
+custom objects). Its `serving_default` signature maps normalised volumes
+`image` float32 [batch, D, H, W, 4] to `probabilities` float32
+[batch, D, H, W, 3] (TC, WT, ET); its `normalize` signature is the training
+normalisation of one whole case. See `tff_brats.inference.export`.
+
+Writing is atomic; an existing output needs `--overwrite`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from absl import app
+from absl import flags
+
+from tff_brats.inference import export
+
+_MODEL_DIR = flags.DEFINE_string(
+  'model_dir',
+  None,
+  'A model folder written by tff_brats.models.model_io (config.json + '
+  'weights).',
+  required=True,
+)
+_OUTPUT_DIR = flags.DEFINE_string(
+  'output_dir', None, 'The SavedModel folder to create.', required=True
+)
+_OVERWRITE = flags.DEFINE_bool(
+  'overwrite', False, 'Replace an existing exported SavedModel.'
+)
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {list(argv[1:])}.')
+  try:
+    path = export.export_model_dir(
+      _MODEL_DIR.value, _OUTPUT_DIR.value, overwrite=_OVERWRITE.value
+    )
+  except (ValueError, FileExistsError) as e:
+    # The message names the argument and the value; a traceback would only
+    # bury it.
+    raise SystemExit(f'export_model: error: {e}') from None
+  print(f'SavedModel: {path}')
+
+
+def run_main() -> None:
+  """Console entry point."""
+  app.run(main)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,373 @@
+"""Tests of the predict binary, run in a child process as a user runs it.
+
+(Binaries share absl flag names, so they are never imported into the pytest
+process; see make_synthetic_brats_test.py.) Every bad input must stop with
+one line naming the case, the file and the value, without a traceback and
+without writing any output.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from tests.inference import case_files
+from tff_brats.data import layouts
+from tff_brats.data import reader
+from tff_brats.inference import export
+from tff_brats.inference import predict
+
+# Each test starts a Python process that imports TensorFlow (~4 s).
+pytestmark = pytest.mark.slow
+
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
+B18 = layouts.BRATS2018
+B23 = layouts.BRATS2023
+ID18 = 'Brats18_CBICA_AAA_1'
+ID23 = 'BraTS-GLI-00002-000'
+
+
+def _run(*flags):
+  return subprocess.run(
+    [sys.executable, '-m', 'experiments.predict', *flags],
+    capture_output=True,
+    text=True,
+    cwd=_REPO,
+    env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '2'},
+    check=False,
+    timeout=300,
+  )
+
+
+@pytest.fixture(scope='module')
+def model_dir(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp('model') / 'saved_model')
+  return export.export_saved_model(
+    case_files.tiny_keras_model(seed=4), path, size_multiple=4
+  )
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  root = tmp_path_factory.mktemp('data') / 'brats'
+  case_files.write_case(root / 'HGG', ID18, B18)
+  case_files.write_case(
+    root, ID23, B23, image=case_files.make_image(seed=1), labels=None
+  )
+  return str(root)
+
+
+def _outputs(folder):
+  folder = pathlib.Path(folder)
+  return sorted(os.listdir(folder)) if folder.exists() else []
+
+
+def _check_error(result, *parts):
+  assert result.returncode != 0
+  lines = result.stderr.strip().splitlines()
+  assert lines[-1].startswith('predict: error: '), result.stderr
+  for part in parts:
+    assert str(part) in lines[-1], (part, lines[-1])
+  assert 'Traceback' not in result.stderr
+
+
+def test_segments_a_folder_of_cases(model_dir, data_dir, tmp_path):
+  out = tmp_path / 'out'
+  result = _run(
+    f'--model={model_dir}',
+    f'--data_dir={data_dir}',
+    f'--output_dir={out}',
+    '--window=8,8,8',
+    '--batch_size=2',
+  )
+  assert result.returncode == 0, result.stderr
+  assert _outputs(out) == [f'{ID23}.nii.gz', f'{ID18}.nii.gz']
+  assert f'Wrote 2 segmentation(s) to {out}' in result.stdout
+  assert 'segmenting cases' in result.stderr  # the progress bar
+  # The binary's output is the library's prediction, written on the input's
+  # grid with its header.
+  predictor = predict.load_predictor(model_dir)
+  outside = np.ones(case_files.SHAPE, bool)
+  outside[tuple(slice(a, b) for a, b in case_files.BOX)] = False
+  for case in reader.discover_cases(data_dir, require_label=False):
+    written = nib.load(str(out / f'{case.case_id}.nii.gz'))
+    reference = nib.load(case.image_paths[0])
+    labels = np.asanyarray(written.dataobj)
+    assert labels.dtype == np.uint8 and labels.shape == case_files.SHAPE
+    assert np.all(labels[outside] == 0)
+    expected = predict.predict_case(
+      predictor, case, window=8, batch_size=2
+    ).labels
+    np.testing.assert_array_equal(labels, expected)
+    assert set(np.unique(labels)) <= set(case.layout.labels)
+    np.testing.assert_array_equal(written.affine, reference.affine)
+    assert written.header['qform_code'] == reference.header['qform_code']
+    assert written.header['sform_code'] == reference.header['sform_code']
+    assert written.header.get_zooms() == reference.header.get_zooms()
+
+
+def test_explicit_files_case_id_and_output_layout(
+  model_dir, data_dir, tmp_path
+):
+  folder = os.path.join(data_dir, ID23)
+  files = [
+    f'--{m}={case_files.modality_path(folder, B23, m)}' for m in B23.modalities
+  ]
+  out = tmp_path / 'out'
+  result = _run(
+    f'--model={model_dir}',
+    *files,
+    '--case_id=patient7',
+    f'--output_dir={out}',
+    '--window=16',
+    '--overlap=0.25',
+    '--blending=constant',
+    '--threshold=0.4',
+    '--output_layout=brats2018',
+    '--noprogress',
+  )
+  assert result.returncode == 0, result.stderr
+  assert _outputs(out) == ['patient7.nii.gz']
+  assert 'segmenting cases' not in result.stderr
+  case = reader.case_from_directory(folder, require_label=False)
+  expected = predict.predict_case(
+    predict.load_predictor(model_dir),
+    case,
+    window=16,
+    overlap=0.25,
+    blending='constant',
+    threshold=0.4,
+    output_layout='brats2018',
+  ).labels
+  labels = np.asanyarray(nib.load(str(out / 'patient7.nii.gz')).dataobj)
+  np.testing.assert_array_equal(labels, expected)
+  assert not np.isin(labels, [3]).any()
+
+
+def test_existing_output_needs_overwrite(model_dir, data_dir, tmp_path):
+  out = tmp_path / 'out'
+  out.mkdir()
+  existing = out / f'{ID18}.nii.gz'
+  existing.write_bytes(b'previous result')
+  flags = [
+    f'--model={model_dir}',
+    f'--case_dir={os.path.join(data_dir, "HGG", ID18)}',
+    f'--output_dir={out}',
+    '--window=8',
+  ]
+  result = _run(*flags)
+  _check_error(result, 'must not exist unless', '--overwrite', existing)
+  assert existing.read_bytes() == b'previous result'
+  assert _outputs(out) == [f'{ID18}.nii.gz']
+  result = _run(*flags, '--overwrite')
+  assert result.returncode == 0, result.stderr
+  assert nib.load(str(existing)).shape == case_files.SHAPE
+  assert _outputs(out) == [f'{ID18}.nii.gz']
+
+
+def _write_bad_case(root, problem):
+  """A case folder with one problem; returns (folder, bad file, value)."""
+  folder = case_files.write_case(root, ID18)
+  t1ce = case_files.modality_path(folder, B18, 't1ce')
+  if problem == 'missing modality':
+    flair = case_files.modality_path(folder, B18, 'flair')
+    os.remove(flair)
+    return folder, flair, "modality 'flair' must be present"
+  if problem == 'shape mismatch':
+    case_files.write_nifti(t1ce, np.ones((20, 18, 15), np.int16))
+    return folder, t1ce, 'Found (20, 18, 15)'
+  if problem == 'affine mismatch':
+    shifted = case_files.AFFINE.copy()
+    shifted[0, 3] += 0.5
+    image = case_files.make_image()[..., 1].astype(np.int16)
+    case_files.write_nifti(t1ce, image, shifted)
+    return folder, t1ce, 'largest absolute difference of 0.5'
+  if problem == 'nan':
+    image = case_files.make_image()[..., 1]
+    image[4, 5, 6] = np.nan
+    case_files.write_nifti(t1ce, image)
+    return (
+      folder,
+      t1ce,
+      'Found 1 NaN and 0 Inf voxel(s), the first at index (4, 5, 6)',
+    )
+  if problem == 'truncated':
+    data = pathlib.Path(t1ce).read_bytes()
+    pathlib.Path(t1ce).write_bytes(data[: len(data) // 2])
+    return folder, t1ce, 'truncated or corrupt gzip'
+  if problem == 'not nifti':
+    pathlib.Path(t1ce).write_bytes(gzip.compress(b'just some text'))
+    return (
+      folder,
+      t1ce,
+      "must be a NIfTI-1 or NIfTI-2 image. Found no NIfTI header but data starting with b'just som'",
+    )
+  raise AssertionError(problem)
+
+
+@pytest.mark.parametrize(
+  'problem, form',
+  [
+    ('missing modality', 'case_dir'),
+    ('missing modality', 'data_dir'),
+    ('shape mismatch', 'case_dir'),
+    ('affine mismatch', 'case_dir'),
+    ('nan', 'case_dir'),
+    ('nan', 'data_dir'),
+    ('truncated', 'case_dir'),
+    ('not nifti', 'case_dir'),
+  ],
+)
+def test_bad_case_is_one_line_naming_case_file_and_value(
+  model_dir, tmp_path, problem, form
+):
+  folder, bad_file, value = _write_bad_case(tmp_path / 'data', problem)
+  source = folder if form == 'case_dir' else str(tmp_path / 'data')
+  out = tmp_path / 'out'
+  result = _run(
+    f'--model={model_dir}',
+    f'--{form}={source}',
+    f'--output_dir={out}',
+    '--window=8',
+  )
+  _check_error(result, f"case '{ID18}'", f"file '{bad_file}'", value)
+  assert not [n for n in _outputs(out) if n.endswith('.nii.gz')]
+
+
+def test_no_case_found(model_dir, tmp_path):
+  (tmp_path / 'empty').mkdir()
+  result = _run(
+    f'--model={model_dir}',
+    f'--data_dir={tmp_path / "empty"}',
+    f'--output_dir={tmp_path / "out"}',
+  )
+  _check_error(
+    result, 'data_dir must hold BraTS case folders', 'Found no case folder'
+  )
+  assert _outputs(tmp_path / 'out') == []
+
+
+def test_missing_model(data_dir, tmp_path):
+  result = _run(
+    f'--model={tmp_path / "no_model"}',
+    f'--data_dir={data_dir}',
+    f'--output_dir={tmp_path / "out"}',
+  )
+  _check_error(
+    result,
+    'model must be an exported SavedModel folder',
+    f"'{tmp_path / 'no_model'}', which does not exist",
+  )
+  assert _outputs(tmp_path / 'out') == []
+
+
+@pytest.mark.parametrize(
+  'extra, message',
+  [
+    (
+      ['--case_dir={case}'],
+      'exactly one input form must be given: case_dir, image_paths (the '
+      'four modality files) or data_dir. Found case_dir and data_dir.',
+    ),
+    (['--t1={t1}'], 'Found image_paths and data_dir.'),
+    (['--case_id=x'], 'case_id must only be given with image_paths'),
+  ],
+)
+def test_conflicting_input_forms(model_dir, data_dir, tmp_path, extra, message):
+  case = os.path.join(data_dir, 'HGG', ID18)
+  t1 = case_files.modality_path(case, B18, 't1')
+  result = _run(
+    f'--model={model_dir}',
+    f'--data_dir={data_dir}',
+    *[e.format(case=case, t1=t1) for e in extra],
+    f'--output_dir={tmp_path / "out"}',
+  )
+  _check_error(result, message)
+  assert _outputs(tmp_path / 'out') == []
+
+
+def test_incomplete_and_mixed_modality_files(model_dir, data_dir, tmp_path):
+  case = os.path.join(data_dir, 'HGG', ID18)
+  t1, t2 = (case_files.modality_path(case, B18, m) for m in ('t1', 't2'))
+  result = _run(
+    f'--model={model_dir}',
+    f'--t1={t1}',
+    f'--t2={t2}',
+    f'--output_dir={tmp_path / "out"}',
+  )
+  _check_error(result, "missing ['t1ce', 'flair']")
+  result = _run(
+    f'--model={model_dir}',
+    f'--t1={t1}',
+    f'--t2w={t2}',
+    f'--output_dir={tmp_path / "out"}',
+  )
+  _check_error(result, 'Found t1 (brats2018), t2w (brats2023)')
+
+
+def test_window_not_a_multiple_of_the_model(model_dir, data_dir, tmp_path):
+  result = _run(
+    f'--model={model_dir}',
+    f'--data_dir={data_dir}',
+    f'--output_dir={tmp_path / "out"}',
+    '--window=6',
+  )
+  _check_error(result, 'window must be a multiple of 4', '(6, 6, 6)')
+  assert not [n for n in _outputs(tmp_path / 'out') if n.endswith('.nii.gz')]
+
+
+def test_stray_arguments_are_rejected(model_dir, data_dir, tmp_path):
+  result = _run(
+    f'--model={model_dir}',
+    f'--data_dir={data_dir}',
+    f'--output_dir={tmp_path / "out"}',
+    'extra',
+  )
+  assert result.returncode != 0
+  assert "Unexpected arguments: ['extra']" in result.stderr
+  assert not (tmp_path / 'out').exists()
+
+
+def test_model_folder_copy_is_enough(model_dir, data_dir, tmp_path):
+  # The exported folder is self-contained: a copy elsewhere works.
+  copy = shutil.copytree(model_dir, tmp_path / 'copied_model')
+  result = _run(
+    f'--model={copy}',
+    f'--case_dir={os.path.join(data_dir, "HGG", ID18)}',
+    f'--output_dir={tmp_path / "out"}',
+    '--window=8',
+    '--noprogress',
+  )
+  assert result.returncode == 0, result.stderr
+  assert _outputs(tmp_path / 'out') == [f'{ID18}.nii.gz']
+
+
+def test_model_io_folder(data_dir, tmp_path):
+  model_io = pytest.importorskip('tff_brats.models.model_io')
+  model_path = str(tmp_path / 'model')
+  model_io.save_model(case_files.tiny_segresnet(seed=2), model_path)
+  out = tmp_path / 'out'
+  case_dir = os.path.join(data_dir, 'HGG', ID18)
+  result = _run(
+    f'--model={model_path}',
+    f'--case_dir={case_dir}',
+    f'--output_dir={out}',
+    '--window=8',
+    '--noprogress',
+  )
+  assert result.returncode == 0, result.stderr
+  labels = np.asanyarray(nib.load(str(out / f'{ID18}.nii.gz')).dataobj)
+  expected = predict.predict_case(
+    predict.load_predictor(model_path),
+    reader.case_from_directory(case_dir, require_label=False),
+    window=8,
+  ).labels
+  np.testing.assert_array_equal(labels, expected)
