@@ -1,0 +1,124 @@
+"""Files every training run writes: hyper-parameters and a metrics CSV.
+
+A run folder holds `hparams.json` (the arguments the run was started with)
+next to `metrics.csv` (one row per evaluated step), so every number can be
+traced to the settings that produced it. On `--resume` the saved
+hyper-parameters must match the new ones (a resumed run with other settings
+would produce numbers that belong to neither), and the CSV is cut back to
+the restored checkpoint, so a crash between a CSV write and a checkpoint
+never duplicates or loses a row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from collections.abc import Sequence
+import csv
+import io
+import json
+import os
+from typing import Any
+
+from tff_brats.utils import atomic
+
+HPARAMS_NAME = 'hparams.json'
+METRICS_NAME = 'metrics.csv'
+
+
+def write_hparams(run_dir: str, hparams: Mapping[str, Any]) -> str:
+  """Writes `hparams.json` (atomically); returns its path."""
+  path = os.path.join(run_dir, HPARAMS_NAME)
+  atomic.write_text(path, json.dumps(_jsonable(hparams), indent=1) + '\n')
+  return path
+
+
+def check_resumable(
+  run_dir: str, hparams: Mapping[str, Any], *, ignore: Sequence[str] = ()
+) -> None:
+  """Raises ValueError unless `run_dir` was started with `hparams`.
+
+  Args:
+    run_dir: The run folder.
+    hparams: The new run's hyper-parameters.
+    ignore: Keys allowed to differ (e.g. the total number of epochs, which
+      may be raised to train longer).
+  """
+  path = os.path.join(run_dir, HPARAMS_NAME)
+  if not os.path.exists(path):
+    raise ValueError(
+      f'resume needs a run folder with {HPARAMS_NAME}. Found none in '
+      f'{run_dir!r}.'
+    )
+  with open(path) as f:
+    saved = json.load(f)
+  new = _jsonable(hparams)
+  differing = sorted(
+    k
+    for k in set(saved) | set(new)
+    if k not in ignore and saved.get(k) != new.get(k)
+  )
+  if differing:
+    details = '; '.join(
+      f'{k}: saved {saved.get(k)!r}, now {new.get(k)!r}' for k in differing
+    )
+    raise ValueError(
+      f'hyper-parameters must match the run being resumed ({path}). '
+      f'Found differences: {details}.'
+    )
+
+
+class MetricsCsv:
+  """`metrics.csv`: one row per evaluated step, columns fixed by the first."""
+
+  def __init__(self, run_dir: str, step_column: str):
+    self.path = os.path.join(run_dir, METRICS_NAME)
+    self._step_column = step_column
+
+  def rows(self) -> list[dict[str, str]]:
+    if not os.path.exists(self.path):
+      return []
+    with open(self.path, newline='') as f:
+      return list(csv.DictReader(f))
+
+  def truncate_after(self, step: int) -> None:
+    """Drops rows whose step is greater than `step` (after a restore)."""
+    rows = [r for r in self.rows() if int(r[self._step_column]) <= step]
+    self._write(rows)
+
+  def append(self, row: Mapping[str, Any]) -> None:
+    """Appends a row (rewrites the file atomically)."""
+    rows = self.rows()
+    formatted = {k: _format(v) for k, v in row.items()}
+    if rows and list(rows[0]) != list(formatted):
+      raise ValueError(
+        f'row columns must match {self.path}. Found {list(formatted)}, '
+        f'expected {list(rows[0])}.'
+      )
+    self._write([*rows, formatted])
+
+  def _write(self, rows: list[Mapping[str, str]]) -> None:
+    if not rows:
+      if os.path.exists(self.path):
+        os.remove(self.path)
+      return
+    buffer = io.StringIO()
+    writer = csv.DictWriter(
+      buffer, fieldnames=list(rows[0]), lineterminator='\n'
+    )
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic.write_text(self.path, buffer.getvalue())
+
+
+def _format(value: Any) -> str:
+  if isinstance(value, float):
+    return f'{value:.6g}'
+  return str(value)
+
+
+def _jsonable(value: Any) -> Any:
+  if isinstance(value, Mapping):
+    return {str(k): _jsonable(v) for k, v in value.items()}
+  if isinstance(value, list | tuple):
+    return [_jsonable(v) for v in value]
+  return value
