@@ -231,12 +231,13 @@ def train_centralized(
     csv_file.append(row)
     epoch.assign(current)
     manager.save(checkpoint_number=current)
+    val_dice = row['val_dice_mean']
     logging.info(
-      'epoch %d/%d: loss %.4f, val mean Dice %s, %.1f s',
+      'epoch %d/%d: loss %.4f, validation mean Dice %s, %.1f s',
       current,
       config.epochs,
       train_loss,
-      row['val_dice_mean'] or '-',
+      '-' if val_dice == '' else f'{val_dice:.4f}',
       row['seconds'],
     )
 
