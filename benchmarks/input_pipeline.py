@@ -32,19 +32,20 @@ from absl import flags
 import numpy as np
 import tensorflow as tf
 
+from experiments import flag_types
 from tff_brats.data import manifest
 from tff_brats.data import pipeline
 from tff_brats.data import records
 
 _NUM_CASES = flags.DEFINE_integer('num_cases', 4, 'Cases to write.')
-_VOLUME_SHAPE = flags.DEFINE_list(
-  'volume_shape', ['140', '170', '140'], 'Case shape D,H,W (brain-cropped).'
+_VOLUME_SHAPE = flag_types.DEFINE_int_list(
+  'volume_shape', [140, 170, 140], 'Case shape D,H,W (brain-cropped).'
 )
-_CROP_SIZES = flags.DEFINE_list(
-  'crop_sizes', ['64', '128'], 'Cube crop edge lengths to measure.'
+_CROP_SIZES = flag_types.DEFINE_int_list(
+  'crop_sizes', [64, 128], 'Cube crop edge lengths to measure.'
 )
-_CROPS_PER_CASE = flags.DEFINE_list(
-  'crops_per_case', ['1', '4'], 'Crops per parsed case to measure.'
+_CROPS_PER_CASE = flag_types.DEFINE_int_list(
+  'crops_per_case', [1, 4], 'Crops per parsed case to measure.'
 )
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 1, 'Crops per batch.')
 _ITERATIONS = flags.DEFINE_integer(
@@ -79,11 +80,16 @@ _WORK_DIR = flags.DEFINE_string(
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  for holder in (_VOLUME_SHAPE, _CROP_SIZES, _CROPS_PER_CASE):
+    if not holder.value or min(holder.value) < 1:
+      raise app.UsageError(
+        f'--{holder.name} must be positive integers. Found {holder.value}.'
+      )
   result = run_benchmark(
     num_cases=_NUM_CASES.value,
-    volume_shape=tuple(_ints('volume_shape', _VOLUME_SHAPE.value)),
-    crop_sizes=_ints('crop_sizes', _CROP_SIZES.value),
-    crops_per_case=_ints('crops_per_case', _CROPS_PER_CASE.value),
+    volume_shape=tuple(_VOLUME_SHAPE.value),
+    crop_sizes=_CROP_SIZES.value,
+    crops_per_case=_CROPS_PER_CASE.value,
     batch_size=_BATCH_SIZE.value,
     iterations=_ITERATIONS.value,
     min_seconds=_MIN_SECONDS.value,
@@ -277,20 +283,6 @@ def _write_shards(
     for writer in writers:
       writer.close()
   return paths
-
-
-def _ints(name: str, values: list[str]) -> list[int]:
-  try:
-    ints = [int(v) for v in values]
-  except ValueError:
-    raise app.UsageError(
-      f'--{name} must be comma-separated integers. Found {",".join(values)!r}.'
-    ) from None
-  if not ints or any(v < 1 for v in ints):
-    raise app.UsageError(
-      f'--{name} must be positive integers. Found {",".join(values)!r}.'
-    )
-  return ints
 
 
 def _progress(message: str) -> None:

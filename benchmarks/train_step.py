@@ -36,6 +36,7 @@ from absl import flags
 import numpy as np
 import tensorflow as tf
 
+from experiments import flag_types
 from tff_brats.models import losses
 from tff_brats.models import precision as precision_lib
 from tff_brats.models import segresnet
@@ -46,7 +47,9 @@ REFERENCE_SECONDS = {
   'target_64_float32': 0.72,
 }
 
-_SIZES = flags.DEFINE_list('sizes', ['64', '96'], 'Cube crop edge lengths.')
+_SIZES = flag_types.DEFINE_int_list(
+  'sizes', [64, 96], 'Cube crop edge lengths.'
+)
 _PRECISIONS = flags.DEFINE_list(
   'precisions',
   ['float32', 'mixed_bfloat16'],
@@ -71,6 +74,10 @@ _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the weights and the data.')
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if not _SIZES.value or any(v < 8 or v % 8 for v in _SIZES.value):
+    raise app.UsageError(
+      f'--sizes must be positive multiples of 8. Found {_SIZES.value}.'
+    )
   for name in _PRECISIONS.value:
     if name not in precision_lib.PRECISIONS:
       raise app.UsageError(
@@ -78,7 +85,7 @@ def main(argv: Sequence[str]) -> None:
         f'Found {name!r}.'
       )
   result = run_benchmark(
-    sizes=_ints('sizes', _SIZES.value),
+    sizes=_SIZES.value,
     precisions=_PRECISIONS.value,
     init_filters=_INIT_FILTERS.value,
     batch_size=_BATCH_SIZE.value,
@@ -339,20 +346,6 @@ def _cpuinfo_field(name: str) -> str | None:
   except OSError:
     pass
   return None
-
-
-def _ints(name: str, values: list[str]) -> list[int]:
-  try:
-    ints = [int(v) for v in values]
-  except ValueError:
-    raise app.UsageError(
-      f'--{name} must be comma-separated integers. Found {",".join(values)!r}.'
-    ) from None
-  if not ints or any(v < 8 or v % 8 for v in ints):
-    raise app.UsageError(
-      f'--{name} must be positive multiples of 8. Found {",".join(values)!r}.'
-    )
-  return ints
 
 
 def _progress(message: str) -> None:

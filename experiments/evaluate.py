@@ -23,6 +23,7 @@ import os
 from absl import app
 from absl import flags
 
+from experiments import flag_types
 from tff_brats.evaluation import evaluate
 
 _MODEL = flags.DEFINE_string(
@@ -39,8 +40,8 @@ _CASES = flags.DEFINE_string(
   'validation',
   "'validation', 'all', 'client:<id>', or comma-separated case ids.",
 )
-_WINDOW = flags.DEFINE_list(
-  'window', ['64', '64', '64'], 'Sliding-window size D,H,W.'
+_WINDOW = flag_types.DEFINE_int_list(
+  'window', [64, 64, 64], 'Sliding-window size D,H,W.'
 )
 _OVERLAP = flags.DEFINE_float('overlap', 0.5, 'Window overlap in [0, 1).')
 _BLENDING = flags.DEFINE_enum(
@@ -68,7 +69,7 @@ def main(argv: Sequence[str]) -> None:
       data_dir=_DATA_DIR.value,
       output_dir=_OUTPUT_DIR.value,
       cases=_CASES.value,
-      window=_ints('window', _WINDOW.value),
+      window=tuple(_WINDOW.value),
       overlap=_OVERLAP.value,
       blending=_BLENDING.value,
       batch_size=_BATCH_SIZE.value,
@@ -86,15 +87,6 @@ def main(argv: Sequence[str]) -> None:
 def run_main() -> None:
   """Console entry point."""
   app.run(main)
-
-
-def _ints(name: str, values: list[str]) -> tuple[int, ...]:
-  try:
-    return tuple(int(v) for v in values)
-  except ValueError:
-    raise ValueError(
-      f'{name} must be comma-separated integers. Found {",".join(values)!r}.'
-    ) from None
 
 
 if __name__ == '__main__':

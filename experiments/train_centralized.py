@@ -19,6 +19,7 @@ import os
 from absl import app
 from absl import flags
 
+from experiments import flag_types
 from tff_brats.training import centralized
 
 _DATA_DIR = flags.DEFINE_string(
@@ -32,8 +33,8 @@ _EXPERIMENT_NAME = flags.DEFINE_string(
 )
 _EPOCHS = flags.DEFINE_integer('epochs', 50, 'Passes over the pooled data.')
 _LEARNING_RATE = flags.DEFINE_float('learning_rate', 1e-4, 'Adam step size.')
-_CROP_SIZE = flags.DEFINE_list(
-  'crop_size', ['64', '64', '64'], 'Training crop D,H,W (multiples of 8).'
+_CROP_SIZE = flag_types.DEFINE_int_list(
+  'crop_size', [64, 64, 64], 'Training crop D,H,W (multiples of 8).'
 )
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 1, 'Crops per step.')
 _INIT_FILTERS = flags.DEFINE_integer(
@@ -59,7 +60,7 @@ _CROPS_PER_CASE = flags.DEFINE_integer(
 _EPOCHS_PER_EVAL = flags.DEFINE_integer(
   'epochs_per_eval', 1, 'Validate every this many epochs.'
 )
-_EVAL_WINDOW = flags.DEFINE_list(
+_EVAL_WINDOW = flag_types.DEFINE_int_list(
   'eval_window', None, 'Sliding-window size (default: --crop_size).'
 )
 _EVAL_OVERLAP = flags.DEFINE_float('eval_overlap', 0.5, 'Window overlap.')
@@ -84,7 +85,7 @@ def main(argv: Sequence[str]) -> None:
       data_dir=os.path.abspath(_DATA_DIR.value),
       epochs=_EPOCHS.value,
       learning_rate=_LEARNING_RATE.value,
-      crop_size=_ints('crop_size', _CROP_SIZE.value),
+      crop_size=tuple(_CROP_SIZE.value),
       batch_size=_BATCH_SIZE.value,
       init_filters=_INIT_FILTERS.value,
       loss=_LOSS.value,
@@ -93,9 +94,7 @@ def main(argv: Sequence[str]) -> None:
       crops_per_case=_CROPS_PER_CASE.value,
       epochs_per_eval=_EPOCHS_PER_EVAL.value,
       eval_window=(
-        None
-        if _EVAL_WINDOW.value is None
-        else _ints('eval_window', _EVAL_WINDOW.value)
+        None if _EVAL_WINDOW.value is None else tuple(_EVAL_WINDOW.value)
       ),
       eval_overlap=_EVAL_OVERLAP.value,
       max_eval_cases=_MAX_EVAL_CASES.value,
@@ -115,15 +114,6 @@ def main(argv: Sequence[str]) -> None:
 def run_main() -> None:
   """Console entry point."""
   app.run(main)
-
-
-def _ints(name: str, values: list[str]) -> tuple[int, ...]:
-  try:
-    return tuple(int(v) for v in values)
-  except ValueError:
-    raise ValueError(
-      f'{name} must be comma-separated integers. Found {",".join(values)!r}.'
-    ) from None
 
 
 if __name__ == '__main__':
