@@ -1,0 +1,993 @@
+"""Per-institution privacy accounting across federated rounds.
+
+Mechanisms (`tff_brats.privacy.mechanisms`, pure TF) and this module
+(numpy/scipy + dp_accounting) meet only through a `PrivacyRecord`: what one
+round guarantees to one participating institution. The driver records each
+round in a `PrivacyLedger` (per client id: the rounds it took part in and
+the record of each), asks `would_exceed` before a round runs, and saves the
+ledger with every checkpoint (`to_json` / `from_json`).
+
+Records:
+
+* `sparse_vector`: the sparse vector technique (Lyu, Su & Li 2017,
+  "Understanding the Sparse Vector Technique for Differential Privacy",
+  PVLDB 10(6)) with selection budget ε and release budget ε3 is (ε + ε3,
+  0)-DP per round for the institution, for changes of its data that keep its
+  local step count n (n is sent in the clear). Any (ε, δ) record is
+  accepted.
+* `selective_sharing` and `none`: no DP claim; ε = ∞. A client with any such
+  round never gets a finite ε, whatever the method.
+* `gaussian`: a dp_accounting `DpEvent`, e.g. what
+  `tff.aggregators.differential_privacy.extract_dp_event_from_state` returns
+  for TFF's `DifferentiallyPrivateFactory.gaussian_fixed` after a round:
+  `GaussianDpEvent(noise_multiplier)` (McMahan et al. 2018, "Learning
+  Differentially Private Recurrent Language Models": the sum of the clipped
+  updates plus N(0, (z·C)²) noise, adjacency = adding or removing one
+  institution's whole contribution).
+
+Participation model. The ledger answers "what does institution i's data
+spend, given the rounds it took part in": it composes, per client, exactly
+the records of its rounds and nothing else. For the Gaussian mechanism that
+means recording the round's *unsampled* event for every participating
+institution. Privacy amplification by sampling (`PoissonSampledDpEvent(q,
+...)`, Abadi et al. 2016) would need institutions to be Poisson-sampled and
+the sample to stay secret from whoever sees the updates; in cross-silo
+federated learning the coordinator picks and knows the participants, so no
+such claim is made by default. (A caller that does sample secretly can record
+a `PoissonSampledDpEvent` for every institution in every round, participating
+or not; the ledger composes whatever events it is given.)
+
+Composition (`compose_epsilon`, methods):
+
+* `'pld'` (default, tight): privacy-loss distributions (dp_accounting; Meiser
+  & Mohammadi 2018, Koskela et al. 2020, Doroshenko et al. 2022 "Connect the
+  Dots"). An (ε, δ) record contributes the PLD that dominates every (ε,
+  δ)-DP mechanism (dp_accounting's `from_privacy_parameters`: loss ε w.p.
+  (1−δ)/(1+e^−ε), −ε w.p. (1−δ)/(1+e^ε), ∞ w.p. δ; Kairouz, Oh & Viswanath
+  2015, "The Composition Theorem for Differential Privacy"). Gaussian events
+  go through dp_accounting's `PLDAccountant`, so a client with both kinds of
+  rounds gets one PLD for everything. Equal records are grouped and
+  self-composed (FFT), so hundreds of rounds take milliseconds.
+* `'rdp'`: Rényi DP (Mironov 2017) through dp_accounting's `RdpAccountant`
+  for DpEvents; a pure ε-DP round adds min(ε, α·ε²/2) at order α (Bun &
+  Steinke 2016, Prop. 3.3; the bound dp_accounting uses for Laplace events).
+  Records with δ > 0 have no Rényi bound: ValueError.
+* `'sum'`: basic composition (Dwork et al. 2006): (Σε_i, Σδ_i). ε at δ is
+  Σε_i when Σδ_i ≤ δ, else ∞. A Gaussian round is first converted to (ε_i,
+  δ_i) with δ left over split equally among the Gaussian rounds.
+
+Mixed ledgers compose SVT and Gaussian rounds under one neighbouring
+relation: the SVT guarantee holds for any two updates of the institution in
+the clip range (same n), in particular for its update against the zero
+update, which is the Gaussian sum's add/remove-one-institution relation.
+
+Discretisation of the PLD (`pld_discretization`). Pessimistic PLDs round
+every privacy loss up to a multiple of the interval h, so ε(δ) comes out
+high by at most (number of rounds)·h. The pure-DP records' losses ±ε are
+put on the grid exactly whenever possible: with one distinct ε, h = ε (the
+composed PLD is then the exact binomial of Kairouz et al., 2k+1 points);
+with several, h = their greatest common divisor when they are decimals
+(denominators ≤ 10⁶) with ≤ 10⁴ grid units per ε; otherwise h = 10⁻⁴ ·
+10^⌊log10 ε_max⌋ (error ≤ 10⁻⁴ of the summed ε). With Gaussian events h is
+the largest divisor of that grid not above 10⁻⁴ (dp_accounting's default,
+at which its Gaussian PLDs are accurate), or 10⁻⁴ when the grid is finer
+(pure losses then round up by < 10⁻⁴ per round). Grid membership is
+decided to a relative 10⁻¹² (floating-point precision); losses off the grid
+are rounded up (pessimistic).
+
+Replays. Recording a (round, client) that is already recorded with an equal
+record does nothing, so a driver may replay a round after a crash; an
+unequal record for a recorded (round, client) is a ValueError and nothing of
+that call is recorded. The ledger only grows: a replay that picks other
+clients adds them, because the first attempt's releases may have left the
+clients.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterable
+from collections.abc import Sequence
+import dataclasses
+import fractions
+import json
+import math
+import textwrap
+from typing import Any
+
+import dp_accounting
+from dp_accounting import dp_event as dp_event_lib
+from dp_accounting.pld import pld_privacy_accountant
+from dp_accounting.pld import privacy_loss_distribution
+from dp_accounting.rdp import rdp_privacy_accountant
+import numpy as np
+from scipy import special
+
+from tff_brats.utils import checks
+
+SPARSE_VECTOR = 'sparse_vector'
+SELECTIVE_SHARING = 'selective_sharing'
+NO_PRIVACY = 'none'
+GAUSSIAN = 'gaussian'
+MECHANISMS = (SPARSE_VECTOR, SELECTIVE_SHARING, NO_PRIVACY, GAUSSIAN)
+# Mechanisms that make no DP claim: their rounds carry ε = ∞.
+NO_GUARANTEE_MECHANISMS = (SELECTIVE_SHARING, NO_PRIVACY)
+
+METHODS = ('pld', 'rdp', 'sum')
+
+# dp_accounting's default PLD interval; Gaussian PLDs are built on a grid at
+# least this fine.
+EVENT_DISCRETIZATION = 1e-4
+# Relative grid of the fallback for pure-DP records without a common grid.
+_FALLBACK_RELATIVE_GRID = 1e-4
+_MAX_GRID_UNITS = 10_000
+_MAX_DENOMINATOR = 10**6
+# Relative tolerance for "this loss lies on the grid".
+_GRID_RTOL = 1e-12
+# A spend within this relative margin of a budget meets it, so that ten
+# rounds of ε = 0.1 meet a budget of 1.0 despite floating-point sums.
+BUDGET_RTOL = 1e-9
+
+SVT_CAVEAT = (
+  "Sparse-vector guarantees hold for changes of an institution's data that "
+  'keep its local step count n, which is sent in the clear (it is the '
+  'aggregation weight and rescales the release); a fixed public weight '
+  'removes this caveat.'
+)
+
+# Cached ε values per ledger (histories × δ × method) before it is reset.
+_MAX_CACHE = 4096
+
+LEDGER_FORMAT = 'tff_brats.privacy_ledger'
+LEDGER_VERSION = 1
+
+_EVENT_CLASSES = {
+  name: value
+  for name, value in vars(dp_event_lib).items()
+  if isinstance(value, type) and issubclass(value, dp_event_lib.DpEvent)
+}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PrivacyRecord:
+  """What one round guarantees to one participating institution.
+
+  Build with the class methods. Records compare equal when their canonical
+  JSON forms (`key`) are equal.
+
+  Attributes:
+    mechanism: One of `MECHANISMS`.
+    epsilon: ε of the round's (ε, δ) guarantee; math.inf for mechanisms
+      without a DP claim; None for `gaussian` (see `dp_event`).
+    delta: δ of the round's guarantee; None for `gaussian`.
+    dp_event: For `gaussian`: the round's dp_accounting `DpEvent` (numbers
+      normalised to Python floats and ints); None otherwise.
+  """
+
+  mechanism: str
+  epsilon: float | None = None
+  delta: float | None = None
+  dp_event: dp_accounting.DpEvent | None = None
+
+  def __post_init__(self):
+    if self.mechanism not in MECHANISMS:
+      raise ValueError(
+        f'mechanism must be one of {", ".join(MECHANISMS)}. '
+        f'Found {self.mechanism!r}.'
+      )
+    if self.mechanism == GAUSSIAN:
+      if self.epsilon is not None or self.delta is not None:
+        raise ValueError(
+          'epsilon and delta must be None for a gaussian record (its '
+          f'DpEvent is accounted). Found {self.epsilon!r}, {self.delta!r}.'
+        )
+      object.__setattr__(self, 'dp_event', _canonical_event(self.dp_event))
+    else:
+      self._check_epsilon_delta()
+    # Records are compared, grouped and cached by this canonical JSON.
+    key = json.dumps(self.to_dict(), sort_keys=True, allow_nan=False)
+    object.__setattr__(self, '_key', key)
+
+  @classmethod
+  def sparse_vector(
+    cls, selection_epsilon: float, release_epsilon: float
+  ) -> PrivacyRecord:
+    """The SVT round: (selection_epsilon + release_epsilon, 0)-DP.
+
+    Lyu, Su & Li 2017 (SVT with numeric answers): the selection (noisy
+    threshold and queries) is ε-DP and releasing the c selected values with
+    Laplace noise is ε3-DP, for any change of the client's update within the
+    clip range, i.e. of its data with the same step count n.
+    """
+    for name, value in (
+      ('selection_epsilon', selection_epsilon),
+      ('release_epsilon', release_epsilon),
+    ):
+      if not checks.is_number(value) or not 0 < value < math.inf:
+        raise ValueError(f'{name} must be a positive number. Found {value!r}.')
+    return cls(
+      SPARSE_VECTOR,
+      epsilon=float(selection_epsilon) + float(release_epsilon),
+      delta=0.0,
+    )
+
+  @classmethod
+  def no_guarantee(cls, mechanism: str = NO_PRIVACY) -> PrivacyRecord:
+    """A round without a DP claim (`'none'` or `'selective_sharing'`)."""
+    if mechanism not in NO_GUARANTEE_MECHANISMS:
+      raise ValueError(
+        f'mechanism must be one of {", ".join(NO_GUARANTEE_MECHANISMS)}. '
+        f'Found {mechanism!r}.'
+      )
+    return cls(mechanism, epsilon=math.inf, delta=0.0)
+
+  @classmethod
+  def from_epsilon_delta(
+    cls, mechanism: str, epsilon: float, delta: float = 0.0
+  ) -> PrivacyRecord:
+    """A record from an (ε, δ) pair, e.g. an aggregator's `privacy_record`.
+
+    Numpy scalars (what TFF returns for float64 state) are accepted.
+    """
+    return cls(mechanism, epsilon=_to_float(epsilon), delta=_to_float(delta))
+
+  @classmethod
+  def for_mechanism(cls, mechanism: Any) -> PrivacyRecord:
+    """The record of a `tff_brats.privacy.mechanisms` configuration.
+
+    Read from its `name` ('none', 'selective_sharing', 'sparse_vector') and
+    `epsilon_per_round` (+inf without a claim), so accounting does not
+    import the (TensorFlow) mechanisms.
+    """
+    name = getattr(mechanism, 'name', None)
+    epsilon = getattr(mechanism, 'epsilon_per_round', None)
+    if name not in (SPARSE_VECTOR, *NO_GUARANTEE_MECHANISMS) or epsilon is None:
+      raise ValueError(
+        'mechanism must be a tff_brats.privacy.mechanisms configuration. '
+        f'Found {mechanism!r}.'
+      )
+    return cls.from_epsilon_delta(name, epsilon, 0.0)
+
+  @classmethod
+  def gaussian(
+    cls, event_or_noise_multiplier: dp_accounting.DpEvent | float
+  ) -> PrivacyRecord:
+    """A Gaussian round: a DpEvent, or `GaussianDpEvent(noise_multiplier)`.
+
+    Args:
+      event_or_noise_multiplier: The round's DpEvent for one participating
+        institution (TFF: `extract_dp_event_from_state(state)`), or the
+        noise multiplier z (noise stddev / L2 clip) of an unsampled round.
+    """
+    event = event_or_noise_multiplier
+    if not isinstance(event, dp_event_lib.DpEvent):
+      z = _to_float(event)
+      if not checks.is_number(z) or not 0 <= z < math.inf:
+        raise ValueError(
+          f'noise_multiplier must be a non-negative number. Found {event!r}.'
+        )
+      event = dp_accounting.GaussianDpEvent(z)
+    return cls(GAUSSIAN, dp_event=event)
+
+  @property
+  def has_guarantee(self) -> bool:
+    """False for rounds with ε = ∞ (Gaussian events: left to the accountant)."""
+    return self.mechanism == GAUSSIAN or self.epsilon < math.inf
+
+  def to_dict(self) -> dict[str, Any]:
+    """JSON-ready form (ε = ∞ is written as the string 'inf')."""
+    if self.mechanism == GAUSSIAN:
+      return {'mechanism': GAUSSIAN, 'dp_event': _event_to_dict(self.dp_event)}
+    return {
+      'mechanism': self.mechanism,
+      'epsilon': _encode_float(self.epsilon),
+      'delta': self.delta,
+    }
+
+  @classmethod
+  def from_dict(cls, data: Any) -> PrivacyRecord:
+    """Inverse of `to_dict`. Raises ValueError on a malformed dict."""
+    if not isinstance(data, dict) or 'mechanism' not in data:
+      raise ValueError(
+        f'record must be a dict with a mechanism. Found {data!r}.'
+      )
+    if data['mechanism'] == GAUSSIAN:
+      return cls(GAUSSIAN, dp_event=_event_from_dict(data.get('dp_event')))
+    return cls(
+      data['mechanism'],
+      epsilon=_decode_float(data.get('epsilon')),
+      delta=data.get('delta'),
+    )
+
+  @property
+  def key(self) -> str:
+    """Canonical JSON of the record (equal records, equal keys)."""
+    return self._key
+
+  def __eq__(self, other: object) -> bool:
+    if not isinstance(other, PrivacyRecord):
+      return NotImplemented
+    return self.key == other.key
+
+  def __hash__(self) -> int:
+    return hash(self.key)
+
+  def _check_epsilon_delta(self):
+    if self.dp_event is not None:
+      raise ValueError(
+        f'dp_event must be None for a {self.mechanism} record. '
+        f'Found {self.dp_event!r}.'
+      )
+    if not checks.is_number(self.epsilon) or not self.epsilon >= 0:
+      raise ValueError(
+        f'epsilon must be a non-negative number or inf. Found {self.epsilon!r}.'
+      )
+    if self.mechanism in NO_GUARANTEE_MECHANISMS and self.epsilon != math.inf:
+      raise ValueError(
+        f'epsilon must be inf for {self.mechanism} (it makes no DP claim). '
+        f'Found {self.epsilon!r}.'
+      )
+    if not checks.is_number(self.delta) or not 0 <= self.delta < 1:
+      raise ValueError(f'delta must be in [0, 1). Found {self.delta!r}.')
+    object.__setattr__(self, 'epsilon', float(self.epsilon))
+    object.__setattr__(self, 'delta', float(self.delta))
+
+
+def compose_epsilon(
+  history: Iterable[tuple[PrivacyRecord, int]],
+  *,
+  delta: float,
+  method: str = 'pld',
+) -> float:
+  """ε at `delta` of composing `count` rounds of every `(record, count)`.
+
+  Args:
+    history: `(record, count)` pairs; equal records are merged.
+    delta: Target δ in [0, 1). At δ = 0 the answer is Σ count·ε when every
+      round is pure ε-DP (tight: Kairouz et al. 2015, Thm. 3.3 at i = 0) and
+      ∞ otherwise, for every method.
+    method: 'pld' (tight), 'rdp' or 'sum'; see the module docstring.
+
+  Returns:
+    ε ≥ 0, or math.inf when any round makes no DP claim (or the Gaussian
+    events have noise 0).
+
+  Raises:
+    ValueError: Bad arguments; method 'rdp' with a δ > 0 record; an event
+      the accountant does not support.
+  """
+  check_delta(delta)
+  check_method(method)
+  groups = _group(history)
+  if not groups:
+    return 0.0
+  if not all(record.has_guarantee for record, _ in groups):
+    return math.inf
+  if delta == 0:
+    if all(r.dp_event is None and r.delta == 0 for r, _ in groups):
+      return math.fsum(n * r.epsilon for r, n in groups)
+    return math.inf
+  if method == 'pld':
+    return _pld_epsilon(groups, delta)
+  if method == 'rdp':
+    return _rdp_epsilon(groups, delta)
+  return _summed_epsilon(groups, delta)
+
+
+def pld_discretization(
+  epsilons: Iterable[float], *, with_events: bool = False
+) -> float:
+  """The PLD interval for pure records with these ε (module docstring).
+
+  Args:
+    epsilons: The ε of the client's (ε, δ) records (zeros and repeats are
+      fine).
+    with_events: Whether DpEvents (Gaussian PLDs) are composed too.
+
+  Returns:
+    The value discretisation interval h.
+  """
+  values = sorted({float(e) for e in epsilons if 0 < e < math.inf})
+  if not values:
+    return EVENT_DISCRETIZATION
+  grid = values[0] if len(values) == 1 else _common_grid(values)
+  if grid is None:
+    grid = 10.0 ** math.floor(math.log10(values[-1])) * _FALLBACK_RELATIVE_GRID
+  if with_events:
+    if grid < EVENT_DISCRETIZATION:
+      return EVENT_DISCRETIZATION
+    grid /= math.ceil(grid / EVENT_DISCRETIZATION * (1 - _GRID_RTOL))
+  return grid
+
+
+class PrivacyLedger:
+  """Per institution: the rounds it took part in and each round's record.
+
+  Example:
+
+    ledger = PrivacyLedger(client_ids=['CBICA', 'TCIA01'])
+    record = PrivacyRecord.sparse_vector(0.1, 0.1)
+    if not ledger.would_exceed(['CBICA'], record, 10.0, 1e-5):
+      ...  # run round 0 with CBICA
+      ledger.record_round(0, ['CBICA'], record)
+    ledger.epsilon('CBICA', delta=1e-5)
+    print(ledger.table(1e-5))
+  """
+
+  def __init__(self, client_ids: Iterable[str] = ()):
+    """Creates an empty ledger.
+
+    Args:
+      client_ids: Institutions to list from the start (with 0 rounds until
+        they take part). Others are added when first recorded.
+    """
+    self._rounds: dict[str, dict[int, PrivacyRecord]] = {}
+    self._cache: dict[tuple[Any, ...], float] = {}
+    self.add_clients(client_ids)
+
+  @property
+  def client_ids(self) -> tuple[str, ...]:
+    """Every client of the ledger, in the order they were added."""
+    return tuple(self._rounds)
+
+  def add_clients(self, client_ids: Iterable[str]) -> None:
+    """Lists clients (with no rounds) that are not listed yet."""
+    for client_id in _check_client_ids(client_ids, allow_empty=True):
+      self._rounds.setdefault(client_id, {})
+
+  def record_round(
+    self,
+    round_num: int,
+    client_ids: Sequence[str],
+    record: PrivacyRecord,
+  ) -> list[str]:
+    """Records that `client_ids` took part in round `round_num`.
+
+    Idempotent per (round, client): an equal record for a recorded pair is
+    ignored. An unequal one raises and records nothing (see the module
+    docstring, "Replays").
+
+    Args:
+      round_num: The round (a non-negative integer, any order).
+      client_ids: The participating clients (non-empty, no repeats).
+      record: What the round guaranteed each of them.
+
+    Returns:
+      The clients newly recorded for this round (empty for a full replay).
+
+    Raises:
+      ValueError: Bad arguments, or a conflicting record.
+    """
+    checks.check_non_negative_int('round_num', round_num)
+    round_num = int(round_num)
+    client_ids = _check_client_ids(client_ids, allow_empty=False)
+    _check_record(record)
+    new = []
+    for client_id in client_ids:
+      old = self._rounds.get(client_id, {}).get(round_num)
+      if old is None:
+        new.append(client_id)
+      elif old != record:
+        raise ValueError(
+          f'record must equal the one already recorded for client '
+          f'{client_id!r} in round {round_num} ({old.key}); a replayed '
+          f'round must record the same guarantee. Found {record.key}.'
+        )
+    for client_id in new:
+      self._rounds.setdefault(client_id, {})[round_num] = record
+    return new
+
+  def history(self, client_id: str) -> list[tuple[int, PrivacyRecord]]:
+    """The client's `(round, record)` pairs, by round."""
+    return sorted(self._client(client_id).items(), key=lambda item: item[0])
+
+  def num_rounds(self, client_id: str) -> int:
+    """How many rounds the client took part in."""
+    return len(self._client(client_id))
+
+  def epsilon(
+    self, client_id: str, *, delta: float, method: str = 'pld'
+  ) -> float:
+    """ε the client has spent, at `delta` (see `compose_epsilon`)."""
+    return self._spent(self._client(client_id).values(), delta, method)
+
+  def epsilons(self, delta: float, method: str = 'pld') -> dict[str, float]:
+    """Client id -> ε spent at `delta`, for every client."""
+    return {
+      c: self.epsilon(c, delta=delta, method=method) for c in self._rounds
+    }
+
+  def worst_case(
+    self, delta: float, method: str = 'pld'
+  ) -> tuple[str, float] | None:
+    """`(client_id, ε)` of the client that spent the most (None if empty).
+
+    Ties go to the client added first.
+    """
+    spent = self.epsilons(delta, method)
+    if not spent:
+      return None
+    client_id = max(spent, key=spent.__getitem__)
+    return client_id, spent[client_id]
+
+  def would_exceed(
+    self,
+    client_ids: Sequence[str],
+    next_record: PrivacyRecord,
+    target_epsilon: float,
+    delta: float,
+    *,
+    method: str = 'pld',
+    round_num: int | None = None,
+  ) -> list[str]:
+    """The budget check before a round runs.
+
+    Args:
+      client_ids: The clients picked for the next round.
+      next_record: What the round would guarantee each of them.
+      target_epsilon: The budget (ε at `delta`); inf for none.
+      delta: The budget's δ.
+      method: How to compose (default tight PLD).
+      round_num: The round about to run, if known: a client that already
+        has this round with an equal record (a replay) spends nothing new.
+
+    Returns:
+      The clients (in the given order) whose ε would exceed the budget.
+      Spending exactly the budget (to a relative 1e-9) does not exceed it.
+    """
+    client_ids = _check_client_ids(client_ids, allow_empty=True)
+    _check_record(next_record)
+    if not checks.is_number(target_epsilon) or not target_epsilon >= 0:
+      raise ValueError(
+        f'target_epsilon must be a non-negative number. Found '
+        f'{target_epsilon!r}.'
+      )
+    if round_num is not None:
+      checks.check_non_negative_int('round_num', round_num)
+    exceeding = []
+    for client_id in client_ids:
+      rounds = dict(self._rounds.get(client_id, {}))
+      key = round_num if round_num is not None else _next_free(rounds)
+      if rounds.get(key, next_record) != next_record:
+        raise ValueError(
+          f'next_record must equal the record of round {round_num} already '
+          f'recorded for client {client_id!r}. Found {next_record.key}.'
+        )
+      rounds[key] = next_record
+      spent = self._spent(rounds.values(), delta, method)
+      if exceeds(spent, target_epsilon):
+        exceeding.append(client_id)
+    return exceeding
+
+  def table(self, delta: float) -> str:
+    """Per-institution table: rounds, mechanisms, ε summed and tight."""
+    check_delta(delta)
+    header = ('client', 'rounds', 'mechanism', 'ε summed', 'ε tight (PLD)')
+    rows = []
+    for client_id, rounds in self._rounds.items():
+      mechanisms = []
+      for _, record in sorted(rounds.items()):
+        if record.mechanism not in mechanisms:
+          mechanisms.append(record.mechanism)
+      rows.append(
+        (
+          client_id,
+          str(len(rounds)),
+          '+'.join(mechanisms) or '-',
+          format_epsilon(self._spent(rounds.values(), delta, 'sum')),
+          format_epsilon(self._spent(rounds.values(), delta, 'pld')),
+        )
+      )
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(5)]
+    align = ('<', '>', '<', '>', '>')
+
+    def line(cells):
+      return '  '.join(
+        f'{c:{a}{w}}' for c, a, w in zip(cells, align, widths, strict=True)
+      ).rstrip()
+
+    lines = [
+      f'Privacy spent per institution at δ = {delta:g}',
+      line(header),
+      line(['-' * w for w in widths]),
+      *(line(r) for r in rows),
+    ]
+    notes = [
+      'ε summed: basic composition (Σε, Σδ). ε tight: privacy-loss-'
+      'distribution composition (dp_accounting). inf: the institution took '
+      'part in a round without a DP guarantee.'
+    ]
+    if any(
+      r.mechanism == SPARSE_VECTOR
+      for rs in self._rounds.values()
+      for r in rs.values()
+    ):
+      notes.append(SVT_CAVEAT)
+    lines += [textwrap.fill(note, width=79) for note in notes]
+    return '\n'.join(lines)
+
+  def to_json(self) -> str:
+    """The ledger as versioned JSON (for checkpoints).
+
+    Format (version 1): `records` lists the distinct records
+    (`PrivacyRecord.to_dict`); `clients` maps each client id, in order, to
+    `{"<first>-<last>" or "<round>": <record index>}` runs of consecutive
+    rounds with the same record.
+    """
+    records: dict[str, int] = {}
+    record_dicts = []
+    clients = {}
+    for client_id, rounds in self._rounds.items():
+      runs = {}
+      for first, last, record in _runs(rounds):
+        if record.key not in records:
+          records[record.key] = len(record_dicts)
+          record_dicts.append(record.to_dict())
+        name = str(first) if first == last else f'{first}-{last}'
+        runs[name] = records[record.key]
+      clients[client_id] = runs
+    data = {
+      'format': LEDGER_FORMAT,
+      'version': LEDGER_VERSION,
+      'records': record_dicts,
+      'clients': clients,
+    }
+    return json.dumps(data, indent=2, allow_nan=False) + '\n'
+
+  @classmethod
+  def from_json(cls, text: str) -> PrivacyLedger:
+    """Inverse of `to_json`. Raises ValueError on anything malformed."""
+    try:
+      data = json.loads(text)
+    except (TypeError, json.JSONDecodeError) as e:
+      raise ValueError(
+        f'ledger JSON must be valid JSON. Found error: {e}'
+      ) from None
+    if not isinstance(data, dict) or data.get('format') != LEDGER_FORMAT:
+      raise ValueError(
+        f'ledger JSON must have format {LEDGER_FORMAT!r}. Found '
+        f'{data.get("format") if isinstance(data, dict) else data!r}.'
+      )
+    if data.get('version') != LEDGER_VERSION:
+      raise ValueError(
+        f'ledger JSON version must be {LEDGER_VERSION}. Found '
+        f'{data.get("version")!r}.'
+      )
+    try:
+      records = [PrivacyRecord.from_dict(r) for r in data['records']]
+      ledger = cls()
+      for client_id, runs in data['clients'].items():
+        ledger.add_clients([client_id])
+        for name, index in runs.items():
+          if not checks.is_int(index) or not 0 <= index < len(records):
+            raise ValueError(f'bad record index {index!r}')
+          first, _, last = name.partition('-')
+          first, last = int(first), int(last or first)
+          if first > last:
+            raise ValueError(f'bad round range {name!r}')
+          for round_num in range(first, last + 1):
+            ledger.record_round(round_num, [client_id], records[index])
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
+      raise ValueError(f'ledger JSON is malformed: {e}') from None
+    return ledger
+
+  def _client(self, client_id: str) -> dict[int, PrivacyRecord]:
+    if client_id not in self._rounds:
+      raise ValueError(
+        f'client_id must be a client of the ledger. Found {client_id!r}.'
+      )
+    return self._rounds[client_id]
+
+  def _spent(
+    self, records: Iterable[PrivacyRecord], delta: float, method: str
+  ) -> float:
+    """Cached `compose_epsilon` (clients with equal histories share it)."""
+    records = list(records)
+    counts = collections.Counter(r.key for r in records)
+    signature = (tuple(sorted(counts.items())), delta, method)
+    if signature not in self._cache:
+      if len(self._cache) >= _MAX_CACHE:
+        self._cache.clear()
+      by_key = {r.key: r for r in records}
+      self._cache[signature] = compose_epsilon(
+        [(by_key[k], n) for k, n in counts.items()],
+        delta=delta,
+        method=method,
+      )
+    return self._cache[signature]
+
+
+def exceeds(spent: float, target_epsilon: float) -> bool:
+  """Whether `spent` exceeds `target_epsilon` (beyond a relative 1e-9)."""
+  if spent == target_epsilon:
+    return False
+  return spent > target_epsilon * (1 + BUDGET_RTOL)
+
+
+def format_epsilon(epsilon: float) -> str:
+  """ε for tables: 4 decimals, or 'inf'."""
+  return 'inf' if epsilon == math.inf else f'{epsilon:.4f}'
+
+
+def check_delta(delta: float) -> None:
+  """Raises ValueError unless `delta` is a number in [0, 1)."""
+  if not checks.is_number(delta) or not 0 <= delta < 1:
+    raise ValueError(f'delta must be in [0, 1). Found {delta!r}.')
+
+
+def check_method(method: str) -> None:
+  """Raises ValueError unless `method` is one of `METHODS`."""
+  if method not in METHODS:
+    raise ValueError(
+      f'method must be one of {", ".join(METHODS)}. Found {method!r}.'
+    )
+
+
+# ------------------------------------------------------------- helpers ----
+
+
+class _PldAccountant(pld_privacy_accountant.PLDAccountant):
+  """dp_accounting's PLDAccountant that also composes a ready-made PLD."""
+
+  def compose_pld(
+    self, pld: privacy_loss_distribution.PrivacyLossDistribution
+  ) -> None:
+    self._pld = self._pld.compose(pld)
+
+
+def _pld_epsilon(groups, delta):
+  pure = [(r, n) for r, n in groups if r.dp_event is None]
+  events = [(r, n) for r, n in groups if r.dp_event is not None]
+  h = pld_discretization([r.epsilon for r, _ in pure], with_events=bool(events))
+  accountant = _PldAccountant(value_discretization_interval=h)
+  for record, count in pure:
+    if record.epsilon == 0 and record.delta == 0:
+      continue
+    pld = _pure_dp_pld(record.epsilon, record.delta, h)
+    accountant.compose_pld(pld.self_compose(count) if count > 1 else pld)
+  for record, count in events:
+    accountant.compose(dp_event_lib.SelfComposedDpEvent(record.dp_event, count))
+  return float(accountant.get_epsilon(delta))
+
+
+def _pure_dp_pld(epsilon, delta, h):
+  """dp_accounting's `from_privacy_parameters(ε, δ)` on grid h.
+
+  The same distribution (loss ε w.p. (1−δ)/(1+e^−ε), −ε w.p.
+  (1−δ)/(1+e^ε), ∞ w.p. δ), with losses that lie on the grid to a relative
+  1e-12 kept there instead of being pushed one step up by floating-point
+  division (0.3 / 1e-4 = 2999.9999999999995).
+  """
+  pmf = collections.defaultdict(float)
+  pmf[_grid_index(epsilon, h)] += (1 - delta) * float(special.expit(epsilon))
+  pmf[_grid_index(-epsilon, h)] += (1 - delta) * float(special.expit(-epsilon))
+  pld_class = privacy_loss_distribution.PrivacyLossDistribution
+  return pld_class.create_from_rounded_probability(dict(pmf), delta, h)
+
+
+def _grid_index(loss, h):
+  """Smallest i with i·h ≥ loss (pessimistic), to a relative 1e-12."""
+  q = loss / h
+  return math.ceil(q - _GRID_RTOL * abs(q))
+
+
+def _common_grid(values):
+  """Largest h with every value an integer multiple (decimals), or None."""
+  grid = None
+  for value in values:
+    frac = fractions.Fraction(value).limit_denominator(_MAX_DENOMINATOR)
+    if frac == 0 or abs(float(frac) - value) > _GRID_RTOL * value:
+      return None
+    grid = frac if grid is None else _fraction_gcd(grid, frac)
+  if values[-1] / float(grid) > _MAX_GRID_UNITS:
+    return None
+  return float(grid)
+
+
+def _fraction_gcd(a, b):
+  return fractions.Fraction(
+    math.gcd(a.numerator * b.denominator, b.numerator * a.denominator),
+    a.denominator * b.denominator,
+  )
+
+
+def _rdp_epsilon(groups, delta):
+  accountant = rdp_privacy_accountant.RdpAccountant()
+  orders = accountant.orders
+  pure_rdp = np.zeros_like(orders, dtype=np.float64)
+  for record, count in groups:
+    if record.dp_event is not None:
+      event = dp_event_lib.SelfComposedDpEvent(record.dp_event, count)
+      if not accountant.supports(event):
+        raise ValueError(
+          "method='rdp' needs events dp_accounting's RdpAccountant supports. "
+          f'Found {record.dp_event!r}.'
+        )
+      accountant.compose(event)
+    elif record.delta > 0:
+      raise ValueError(
+        "method='rdp' cannot compose (ε, δ) records with δ > 0 (they have no "
+        f"Rényi bound); use 'pld' or 'sum'. Found delta={record.delta!r}."
+      )
+    else:
+      eps = record.epsilon
+      pure_rdp += count * np.minimum(eps, orders * eps * eps / 2)
+  epsilon, _ = rdp_privacy_accountant.compute_epsilon(
+    orders, accountant.rdp + pure_rdp, delta
+  )
+  return float(epsilon)
+
+
+def _summed_epsilon(groups, delta):
+  pure = [(r, n) for r, n in groups if r.dp_event is None]
+  events = [(r, n) for r, n in groups if r.dp_event is not None]
+  pure_delta = math.fsum(n * r.delta for r, n in pure)
+  epsilons = [n * r.epsilon for r, n in pure]
+  if events:
+    num_events = sum(n for _, n in events)
+    share = (delta - pure_delta) / num_events
+    if share <= 0:
+      return math.inf
+    for record, count in events:
+      single = _PldAccountant(
+        value_discretization_interval=EVENT_DISCRETIZATION
+      )
+      epsilons.append(
+        count * single.compose(record.dp_event).get_epsilon(share)
+      )
+  elif pure_delta > delta * (1 + BUDGET_RTOL):
+    return math.inf
+  return float(math.fsum(epsilons))
+
+
+def _group(history):
+  counts: dict[str, int] = {}
+  records: dict[str, PrivacyRecord] = {}
+  for item in history:
+    if not isinstance(item, tuple) or len(item) != 2:
+      raise ValueError(
+        f'history must hold (record, count) pairs. Found {item!r}.'
+      )
+    record, count = item
+    _check_record(record)
+    checks.check_non_negative_int('count', count)
+    if count:
+      counts[record.key] = counts.get(record.key, 0) + int(count)
+      records[record.key] = record
+  return [(records[k], n) for k, n in counts.items()]
+
+
+def _runs(rounds):
+  """(first, last, record) runs of consecutive rounds with equal records."""
+  runs = []
+  for round_num, record in sorted(rounds.items()):
+    if runs and runs[-1][1] == round_num - 1 and runs[-1][2] == record:
+      runs[-1][1] = round_num
+    else:
+      runs.append([round_num, round_num, record])
+  return [tuple(r) for r in runs]
+
+
+def _next_free(rounds):
+  return max(rounds, default=-1) + 1
+
+
+def _canonical_event(event):
+  if not isinstance(event, dp_event_lib.DpEvent):
+    raise ValueError(
+      f'dp_event must be a dp_accounting DpEvent. Found {event!r}.'
+    )
+  event = _event_from_dict(_event_to_dict(event))
+  if not pld_privacy_accountant.PLDAccountant().supports(event):
+    raise ValueError(
+      "dp_event must be supported by dp_accounting's PLDAccountant "
+      f'(add-or-remove-one). Found {event!r}.'
+    )
+  return event
+
+
+def _event_to_dict(event):
+  """A DpEvent as a JSON-ready dict, via dp_accounting's `to_named_tuple`."""
+  try:
+    named = event.to_named_tuple()
+  except ValueError as e:
+    raise ValueError(
+      f'dp_event must be serialisable. Found {event!r}: {e}'
+    ) from None
+  return _plain(named)
+
+
+def _plain(value):
+  if isinstance(value, dp_event_lib.DpEventNamedTuple):
+    if value.module_name != dp_event_lib.__name__:
+      raise ValueError(
+        f'dp_event must be a {dp_event_lib.__name__} class. Found '
+        f'{value.module_name}.{value.class_name}.'
+      )
+    out = {'class_name': value.class_name}
+    for field in value._fields:
+      if field not in ('module_name', 'class_name'):
+        out[field] = _plain(getattr(value, field))
+    return out
+  if isinstance(value, list | tuple):
+    return [_plain(v) for v in value]
+  if isinstance(value, np.generic | np.ndarray):
+    value = value.item()
+  if value is None or isinstance(value, bool | int | str):
+    return value
+  if isinstance(value, float):
+    return _encode_float(value)
+  raise ValueError(f'dp_event fields must be numbers. Found {value!r}.')
+
+
+def _event_from_dict(data):
+  """Inverse of `_event_to_dict`; only dp_accounting's own event classes."""
+  if not isinstance(data, dict) or data.get('class_name') not in _EVENT_CLASSES:
+    raise ValueError(
+      f'dp_event must name a dp_accounting DpEvent class. Found {data!r}.'
+    )
+  kwargs = {}
+  for field, value in data.items():
+    if field == 'class_name':
+      continue
+    if isinstance(value, dict):
+      value = _event_from_dict(value)
+    elif isinstance(value, list):
+      value = [_event_from_dict(v) if isinstance(v, dict) else v for v in value]
+    elif isinstance(value, str):
+      value = _decode_float(value)
+    kwargs[field] = value
+  try:
+    return _EVENT_CLASSES[data['class_name']](**kwargs)
+  except TypeError as e:
+    raise ValueError(f'dp_event fields do not match its class: {e}') from None
+
+
+def _encode_float(value):
+  if value == math.inf:
+    return 'inf'
+  if value == -math.inf:
+    return '-inf'
+  if math.isnan(value):
+    raise ValueError('values must not be NaN. Found nan.')
+  return value
+
+
+def _decode_float(value):
+  if value == 'inf':
+    return math.inf
+  if value == '-inf':
+    return -math.inf
+  return value
+
+
+def _to_float(value):
+  if isinstance(value, np.generic | np.ndarray) and np.ndim(value) == 0:
+    return float(value)
+  return value
+
+
+def _check_record(record):
+  if not isinstance(record, PrivacyRecord):
+    raise ValueError(f'record must be a PrivacyRecord. Found {record!r}.')
+
+
+def _check_client_ids(client_ids, *, allow_empty):
+  if isinstance(client_ids, str):
+    raise ValueError(
+      f'client_ids must be a sequence of strings, not a string. Found '
+      f'{client_ids!r}.'
+    )
+  client_ids = list(client_ids)
+  for client_id in client_ids:
+    if not isinstance(client_id, str) or not client_id:
+      raise ValueError(
+        f'client_ids must be non-empty strings. Found {client_id!r}.'
+      )
+  if not allow_empty and not client_ids:
+    raise ValueError('client_ids must name at least one client. Found [].')
+  if len(set(client_ids)) != len(client_ids):
+    raise ValueError(
+      f'client_ids must not repeat a client. Found {client_ids!r}.'
+    )
+  return client_ids
