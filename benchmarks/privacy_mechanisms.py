@@ -40,7 +40,6 @@ import gc
 import json
 import os
 import sys
-import time
 from typing import Any
 
 from absl import app
@@ -48,6 +47,7 @@ from absl import flags
 import numpy as np
 import tensorflow as tf
 
+from benchmarks import machine
 from tff_brats.models import segresnet
 from tff_brats.privacy import mechanisms
 
@@ -197,7 +197,7 @@ def run_benchmark(
     for name in mechanism_names
     for fraction in fractions
   ]
-  _set_threads(intra_op_threads, inter_op_threads)
+  machine.set_threads(intra_op_threads, inter_op_threads)
   values, shapes = _update(update, clip_bound * local_steps, seed)
   results = []
   for mode in modes:
@@ -233,7 +233,7 @@ def run_benchmark(
       'intra_op_threads': threading.get_intra_op_parallelism_threads(),
       'inter_op_threads': threading.get_inter_op_parallelism_threads(),
       'cpu_count': os.cpu_count(),
-      'cpu': _cpu_model(),
+      'cpu': machine.cpu_model(),
       'update': update,
       'update_tensors': len(shapes),
       'num_values': int(sum(int(np.prod(s)) for s in shapes)),
@@ -321,77 +321,13 @@ def _measure_tff(mechanism, values, local_steps, warmup, repetitions):
 
 
 def _timed(call, warmup, repetitions):
-  for _ in range(warmup):
-    call()
-  wall, cpu = [], []
-  machine_before = _machine_cpu_ticks()
-  process_before = _process_cpu_seconds()
-  for _ in range(repetitions):
-    cpu_start = _process_cpu_seconds()
-    start = time.perf_counter()
-    report = call()
-    wall.append(time.perf_counter() - start)
-    cpu.append(_process_cpu_seconds() - cpu_start)
-  busy, total = (
-    a - b for a, b in zip(_machine_cpu_ticks(), machine_before, strict=True)
-  )
-  own = (_process_cpu_seconds() - process_before) * os.sysconf('SC_CLK_TCK')
-  background = max(busy - own, 0.0) / total if total else 0.0
+  timing = machine.time_calls(call, warmup, repetitions)
+  report = timing.last_result
   return {
-    'median_seconds': round(float(np.median(wall)), 4),
-    'min_seconds': round(min(wall), 4),
-    'max_seconds': round(max(wall), 4),
-    'call_seconds': [round(t, 4) for t in wall],
-    'cpu_seconds_per_call': round(float(np.median(cpu)), 4),
+    **timing.summary('call'),
     'released': int(report['released']),
     'passed': int(report['passed']),
-    'background_cpu_fraction': round(background, 3),
   }
-
-
-def _set_threads(intra: int, inter: int) -> None:
-  try:
-    tf.config.threading.set_intra_op_parallelism_threads(intra)
-    tf.config.threading.set_inter_op_parallelism_threads(inter)
-  except RuntimeError:
-    current = (
-      tf.config.threading.get_intra_op_parallelism_threads(),
-      tf.config.threading.get_inter_op_parallelism_threads(),
-    )
-    if current != (intra, inter):
-      raise RuntimeError(
-        f'TensorFlow already runs with (intra, inter) = {current} threads; '
-        f'cannot switch to {(intra, inter)}. Run the benchmark in a fresh '
-        'process.'
-      ) from None
-
-
-def _machine_cpu_ticks() -> tuple[float, float]:
-  """(busy, total) CPU ticks of the whole machine since boot (Linux)."""
-  try:
-    with open('/proc/stat') as f:
-      fields = [float(v) for v in f.readline().split()[1:9]]
-  except OSError:
-    return 0.0, 0.0
-  idle = fields[3] + fields[4]
-  return sum(fields) - idle, sum(fields)
-
-
-def _process_cpu_seconds() -> float:
-  times = os.times()
-  return times.user + times.system
-
-
-def _cpu_model() -> str | None:
-  try:
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        key, _, value = line.partition(':')
-        if key.strip() == 'model name':
-          return value.strip()
-  except OSError:
-    pass
-  return None
 
 
 def _progress(message: str) -> None:

@@ -28,7 +28,6 @@ import gc
 import json
 import os
 import sys
-import time
 from typing import Any
 
 from absl import app
@@ -36,6 +35,7 @@ from absl import flags
 import numpy as np
 import tensorflow as tf
 
+from benchmarks import machine
 from experiments import flag_types
 from tff_brats.models import losses
 from tff_brats.models import precision as precision_lib
@@ -134,7 +134,7 @@ def run_benchmark(
       raise ValueError(f'{name} must be a positive integer. Found {value}.')
   if warmup < 0:
     raise ValueError(f'warmup must be non-negative. Found {warmup}.')
-  _set_threads(intra_op_threads, inter_op_threads)
+  machine.set_threads(intra_op_threads, inter_op_threads)
   results = []
   parameters = None
   for precision in precisions:
@@ -163,14 +163,14 @@ def run_benchmark(
     'benchmark': 'train_step',
     'config': {
       'tensorflow': tf.__version__,
-      'onednn': _onednn_enabled(),
+      'onednn': machine.onednn_enabled(),
       'TF_ENABLE_ONEDNN_OPTS': os.environ.get('TF_ENABLE_ONEDNN_OPTS'),
       'xla_jit_compile': False,
       'intra_op_threads': threading.get_intra_op_parallelism_threads(),
       'inter_op_threads': threading.get_inter_op_parallelism_threads(),
       'cpu_count': os.cpu_count(),
-      'cpu': _cpu_model(),
-      'avx512_bf16': 'avx512_bf16' in _cpu_flags(),
+      'cpu': machine.cpu_model(),
+      'avx512_bf16': 'avx512_bf16' in machine.cpu_flags(),
       'model': 'SegResNet',
       'init_filters': init_filters,
       'blocks_down': [1, 2, 2, 4],
@@ -225,37 +225,23 @@ def _measure(
     )
     return loss
 
-  for _ in range(warmup):
-    train_step(images, labels).numpy()
-  wall, cpu = [], []
-  machine_before = _machine_cpu_ticks()
-  process_before = _process_cpu_seconds()
-  for _ in range(steps):
-    cpu_start = _process_cpu_seconds()
-    start = time.perf_counter()
-    loss = float(train_step(images, labels))
-    wall.append(time.perf_counter() - start)
-    cpu.append(_process_cpu_seconds() - cpu_start)
-  busy, total = (
-    a - b for a, b in zip(_machine_cpu_ticks(), machine_before, strict=True)
+  timing = machine.time_calls(
+    lambda: float(train_step(images, labels)), warmup, steps
   )
-  own = (_process_cpu_seconds() - process_before) * os.sysconf('SC_CLK_TCK')
-  background = max(busy - own, 0.0) / total if total else 0.0
+  loss = timing.last_result
   if not np.isfinite(loss):
     raise FloatingPointError(f'The loss is not finite. Found {loss}.')
   gflop = _conv_gflop_per_step(model, size, batch_size)
-  median = float(np.median(wall))
+  median = float(np.median(timing.wall))
+  summary = timing.summary('step')
+  background = summary.pop('background_cpu_fraction')
   return {
     'precision': precision,
     'size': size,
-    'median_seconds': round(median, 4),
-    'min_seconds': round(min(wall), 4),
-    'max_seconds': round(max(wall), 4),
-    'step_seconds': [round(t, 4) for t in wall],
-    'cpu_seconds_per_step': round(float(np.median(cpu)), 4),
+    **summary,
     'conv_gflop_per_step': round(gflop, 1),
     'conv_gflop_per_second_at_median': round(gflop / median, 1),
-    'background_cpu_fraction': round(background, 3),
+    'background_cpu_fraction': background,
     'parameters': model.num_parameters,
   }
 
@@ -285,67 +271,6 @@ def _conv_gflop_per_step(
     macs += blocks * 2 * voxels[level] * 27 * width[level] ** 2
   macs += voxels[0] * f * model.out_channels
   return 2 * (3 * macs - first) / 1e9
-
-
-def _set_threads(intra: int, inter: int) -> None:
-  try:
-    tf.config.threading.set_intra_op_parallelism_threads(intra)
-    tf.config.threading.set_inter_op_parallelism_threads(inter)
-  except RuntimeError:
-    current = (
-      tf.config.threading.get_intra_op_parallelism_threads(),
-      tf.config.threading.get_inter_op_parallelism_threads(),
-    )
-    if current != (intra, inter):
-      raise RuntimeError(
-        f'TensorFlow already runs with (intra, inter) = {current} threads; '
-        f'cannot switch to {(intra, inter)}. Run the benchmark in a fresh '
-        'process.'
-      ) from None
-
-
-def _onednn_enabled() -> bool | None:
-  try:
-    from tensorflow.python.util import _pywrap_util_port
-  except ImportError:
-    return None
-  return bool(_pywrap_util_port.IsMklEnabled())
-
-
-def _machine_cpu_ticks() -> tuple[float, float]:
-  """(busy, total) CPU ticks of the whole machine since boot (Linux)."""
-  try:
-    with open('/proc/stat') as f:
-      fields = [float(v) for v in f.readline().split()[1:9]]
-  except OSError:
-    return 0.0, 0.0
-  idle = fields[3] + fields[4]
-  return sum(fields) - idle, sum(fields)
-
-
-def _process_cpu_seconds() -> float:
-  times = os.times()
-  return times.user + times.system
-
-
-def _cpu_model() -> str | None:
-  return _cpuinfo_field('model name')
-
-
-def _cpu_flags() -> set[str]:
-  return set((_cpuinfo_field('flags') or '').split())
-
-
-def _cpuinfo_field(name: str) -> str | None:
-  try:
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        key, _, value = line.partition(':')
-        if key.strip() == name:
-          return value.strip()
-  except OSError:
-    pass
-  return None
 
 
 def _progress(message: str) -> None:
