@@ -371,6 +371,26 @@ class TestTrainingDataset:
     # of order 2^-23 per value.
     assert _batches_differ(first, _batches(build(6)))
 
+  def test_tensor_key_is_the_base_seed(self, folder):
+    def build(seed):
+      return pipeline.make_training_dataset(
+        folder.all_client_shard_paths(),
+        crop_size=(8, 8, 8),
+        batch_size=1,
+        seed=seed,
+      )
+
+    # An int seed s is the key [0, s]; a key computed in a graph gives the
+    # same batches as the int it stands for.
+    _assert_batches_equal(
+      _batches(build(7)), _batches(build(tf.constant([0, 7], tf.int64)))
+    )
+    assert _batches_differ(
+      _batches(build(7)), _batches(build(tf.constant([1, 7], tf.int64)))
+    )
+    with pytest.raises(ValueError, match=r'int64 \[2\] tensor. Found a int32'):
+      build(tf.constant([0, 7], tf.int32))
+
   def test_every_crop_gets_its_own_randomness(self):
     # One case twice, two crops each: four crops from four seeds. Two of
     # them equal by chance: odds of order 2^-23 (continuous intensities).

@@ -559,6 +559,13 @@ def test_malformed_json_is_rejected(mutate, message):
     Ledger.from_json('{')
 
 
+def test_format_epsilon():
+  assert accounting.format_epsilon(math.inf) == 'inf'
+  assert accounting.format_epsilon(3.14159265) == '3.1416'
+  assert accounting.format_epsilon(99999.0) == '99999.0000'
+  assert accounting.format_epsilon(2e8) == '2.0000e+08'
+
+
 def test_table():
   ledger = Ledger(client_ids=['CBICA', 'TCIA01', 'TCIA02', '2013'])
   for round_num in range(10):

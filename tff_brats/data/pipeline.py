@@ -36,6 +36,9 @@ Randomness of `make_training_dataset`:
   builds it and on every client (the C++ runtime gives unseeded ops fresh
   values per call and per client), so each round and client gets fresh
   augmentation.
+* `seed=<int64 [2] tensor>`: the base seed itself (a stateless key), e.g.
+  one computed inside a TFF computation from (run seed, round, client), so
+  a graph traced once still gives each call its own reproducible data.
 
 Batches are `(image, regions)` tuples, `image` float32 `[B, d, h, w, 4]`
 and `regions` float32 `[B, d, h, w, 3]` in (TC, WT, ET) order, the form
@@ -399,7 +402,7 @@ def make_training_dataset(
   augment: bool = True,
   shuffle: bool = True,
   shuffle_buffer_size: int = DEFAULT_SHUFFLE_BUFFER_SIZE,
-  seed: int | None = None,
+  seed: int | tf.Tensor | None = None,
   num_parallel_calls: int = tf.data.AUTOTUNE,
   prefetch: int = tf.data.AUTOTUNE,
 ) -> tf.data.Dataset:
@@ -421,8 +424,9 @@ def make_training_dataset(
     shuffle: Shuffle the shard order and the records (in consecutive
       blocks of `shuffle_buffer_size`); crops of one case stay consecutive.
     shuffle_buffer_size: Serialised records per shuffled block (>= 1).
-    seed: A non-negative int for reproducible batches, or None for fresh
-      randomness every time the dataset is created (see the module doc).
+    seed: A non-negative int for reproducible batches, an int64 `[2]`
+      stateless key, or None for fresh randomness every time the dataset
+      is created (see the module doc).
     num_parallel_calls: Parallel parse/crop calls (>= 1 or
       `tf.data.AUTOTUNE`); the map stays deterministic.
     prefetch: Batches to prefetch (>= 0 or `tf.data.AUTOTUNE`; 0 = none).
@@ -629,7 +633,9 @@ def _ensure_case_shapes(
   return image, regions
 
 
-def _base_seed(seed: int | None) -> tf.Tensor:
+def _base_seed(seed: int | tf.Tensor | None) -> tf.Tensor:
+  if isinstance(seed, tf.Tensor):
+    return seed
   if seed is None:
     # Unseeded: a fresh value each time the graph runs (each TFF call and
     # client), or each time the dataset is built eagerly.
@@ -671,7 +677,13 @@ def _check_training_options(
   _check_probability('tumour_crop_probability', tumour_crop_probability)
   checks.check_positive_int('crops_per_case', crops_per_case)
   checks.check_positive_int('shuffle_buffer_size', shuffle_buffer_size)
-  if seed is not None and (
+  if isinstance(seed, tf.Tensor | tf.Variable):
+    if seed.dtype != tf.int64 or seed.shape != [2]:
+      raise ValueError(
+        'seed must be None, a non-negative 64-bit integer or an int64 [2] '
+        f'tensor. Found a {seed.dtype.name} tensor of shape {seed.shape}.'
+      )
+  elif seed is not None and (
     not checks.is_int(seed) or not 0 <= seed <= _INT64_MAX
   ):
     raise ValueError(
@@ -687,7 +699,7 @@ def _check_training_options(
     augment=bool(augment),
     shuffle=bool(shuffle),
     shuffle_buffer_size=int(shuffle_buffer_size),
-    seed=None if seed is None else int(seed),
+    seed=seed if seed is None or isinstance(seed, tf.Tensor) else int(seed),
     num_parallel_calls=int(num_parallel_calls),
     prefetch=int(prefetch),
   )

@@ -705,8 +705,10 @@ def exceeds(spent: float, target_epsilon: float) -> bool:
 
 
 def format_epsilon(epsilon: float) -> str:
-  """ε for tables: 4 decimals, or 'inf'."""
-  return 'inf' if epsilon == math.inf else f'{epsilon:.4f}'
+  """ε for tables: 4 decimals, 5 significant digits from 1e5 on, or 'inf'."""
+  if epsilon == math.inf:
+    return 'inf'
+  return f'{epsilon:.4e}' if abs(epsilon) >= 1e5 else f'{epsilon:.4f}'
 
 
 def check_delta(delta: float) -> None:

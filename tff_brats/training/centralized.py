@@ -159,7 +159,9 @@ def train_centralized(
       f'Found none in {prepared.root!r}; prepare it with '
       '--validation_fraction or --validation_cases.'
     )
-  _prepare_run_dir(run_dir, config, resume)
+  run_outputs.prepare_run_dir(
+    run_dir, config.to_json(), resume=resume, ignore=('epochs',)
+  )
   if config.seed is not None:
     tf.keras.utils.set_random_seed(config.seed)
   with precision_lib.precision_scope(config.precision):
@@ -258,23 +260,6 @@ def train_centralized(
     json.dumps(summary, indent=1, sort_keys=True) + '\n',
   )
   return summary
-
-
-def _prepare_run_dir(
-  run_dir: str, config: CentralizedConfig, resume: bool
-) -> None:
-  hparams = config.to_json()
-  if resume:
-    run_outputs.check_resumable(run_dir, hparams, ignore=('epochs',))
-    run_outputs.write_hparams(run_dir, hparams)
-    return
-  if os.path.exists(run_dir) and os.listdir(run_dir):
-    raise ValueError(
-      f'run_dir must be new or empty (or pass resume). Found files in '
-      f'{run_dir!r}.'
-    )
-  os.makedirs(run_dir, exist_ok=True)
-  run_outputs.write_hparams(run_dir, hparams)
 
 
 def _loss(name: str) -> tf.keras.losses.Loss:

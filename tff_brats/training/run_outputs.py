@@ -67,6 +67,32 @@ def check_resumable(
     )
 
 
+def prepare_run_dir(
+  run_dir: str,
+  hparams: Mapping[str, Any],
+  *,
+  resume: bool,
+  ignore: Sequence[str] = (),
+) -> None:
+  """Creates a new run folder, or checks a resumed one, and writes hparams.
+
+  Raises:
+    ValueError: A new run's folder exists and is not empty, or a resumed
+      run's hyper-parameters differ (other than `ignore`).
+  """
+  if resume:
+    check_resumable(run_dir, hparams, ignore=ignore)
+    write_hparams(run_dir, hparams)
+    return
+  if os.path.exists(run_dir) and os.listdir(run_dir):
+    raise ValueError(
+      f'run_dir must be new or empty (or pass resume). Found files in '
+      f'{run_dir!r}.'
+    )
+  os.makedirs(run_dir, exist_ok=True)
+  write_hparams(run_dir, hparams)
+
+
 class MetricsCsv:
   """`metrics.csv`: one row per evaluated step, columns fixed by the first."""
 

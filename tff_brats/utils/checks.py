@@ -41,3 +41,9 @@ def check_non_negative_int(name: str, value: Any) -> None:
   """Raises ValueError unless `value` is an integer >= 0."""
   if not is_int(value) or value < 0:
     raise ValueError(f'{name} must be a non-negative integer. Found {value!r}.')
+
+
+def check_positive_number(name: str, value: Any) -> None:
+  """Raises ValueError unless `value` is a finite real number > 0."""
+  if not is_number(value) or not 0 < value < float('inf'):
+    raise ValueError(f'{name} must be a positive number. Found {value!r}.')
