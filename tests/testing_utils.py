@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from collections.abc import Sequence
 import os
+import time
 
 import numpy as np
 import tensorflow as tf
@@ -139,3 +140,42 @@ def _case_record(
     crop_box=tuple((0, n) for n in shape),
     shard=shard,
   )
+
+
+def process_is_alive(pid: int) -> bool:
+  """Whether `pid` runs (a zombie waiting to be reaped counts as gone)."""
+  try:
+    with open(f'/proc/{pid}/stat') as f:
+      state = f.read().rsplit(')', 1)[1].split()[0]
+  except FileNotFoundError:
+    return False
+  return state != 'Z'
+
+
+def wait_process_gone(pid: int, timeout: float = 10.0) -> bool:
+  """Waits up to `timeout` seconds for `pid` to end; whether it did."""
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    if not process_is_alive(pid):
+      return True
+    time.sleep(0.05)
+  return False
+
+
+def child_pids(name: str, parent: int | None = None) -> list[int]:
+  """Live processes called `name` whose parent is `parent` (default: us)."""
+  parent = os.getpid() if parent is None else parent
+  found = []
+  for entry in os.listdir('/proc'):
+    if not entry.isdigit():
+      continue
+    try:
+      with open(f'/proc/{entry}/stat') as f:
+        stat = f.read()
+    except OSError:
+      continue
+    comm = stat[stat.index('(') + 1 : stat.rindex(')')]
+    fields = stat.rsplit(')', 1)[1].split()
+    if comm == name[:15] and int(fields[1]) == parent and fields[0] != 'Z':
+      found.append(int(entry))
+  return found

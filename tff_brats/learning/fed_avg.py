@@ -1,0 +1,323 @@
+"""Weighted FedAvg of SegResNet from `tff.learning` parts.
+
+`build_fed_avg_process(...)` composes, with
+`tff.learning.templates.compose_learning_process`:
+
+* distributor: `tff.learning.templates.build_broadcast_process` (the global
+  `ModelWeights` to every selected client);
+* client work: `tff_brats.learning.client_training.ClientTrainer` (plain
+  TensorFlow, wrapped here in a `tff.tensorflow.computation`): a fresh
+  client Adam every round, `client_epochs_per_round` passes over the
+  client's data, update ΔW = initial − trained, weight = local steps n;
+* aggregator: any `tff.aggregators.WeightedAggregationFactory`, in practice
+  `tff_brats.aggregators.factories.build_model_aggregator(mode)` (none,
+  selective sharing, SVT, Gaussian): the privacy mechanism runs at CLIENTS
+  on each client's own update before anything is summed;
+* finalizer: `tff.learning.templates.build_apply_optimizer_finalizer` with
+  the server optimiser: SGD with learning rate 1 (plain FedAvg: the new
+  global model is the weighted mean of the clients' models) or Adam.
+
+and then joins it to a dataset computation
+(`tff.simulation.compose_dataset_computation_with_learning_process`), so
+the returned process's `next(state, client_inputs)` takes, per client, only
+a small struct `ClientInput(shard_paths, data_key)`: its TFRecord shard
+paths and an int64 `[2]` key. Each client reads and crops its own data
+where the computation runs; the coordinator sends paths, never voxels. The
+key makes a client's crops, augmentation and dropout in one round a pure
+function of the key (`client_data_key`), so runs with a seed are
+reproducible and resumable, and runs without one get fresh keys from the
+operating system.
+
+Measurements of `next`, besides those of the four parts (`distributor`,
+`aggregator` incl. the privacy measurements, `finalizer`):
+`client_work/train`: `num_clients`, `steps`, `loss_sum`,
+`dice_intersection`/`dice_predicted`/`dice_target` (summed TC/WT/ET voxel
+counts on the training crops) and `non_finite` (clients whose update was
+zeroed). These describe the clients' raw data and are for simulations (a
+deployment should not send them, or should privatise them too).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import os
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from tff_brats.data import pipeline
+from tff_brats.learning import client_training
+from tff_brats.models import precision as precision_lib
+from tff_brats.models import segresnet
+from tff_brats.utils import checks
+
+SERVER_OPTIMIZERS = ('sgd', 'adam')
+
+# Stream ids folded into a client's data key.
+_DATA_STREAM = 0
+_DROPOUT_STREAM = 1
+
+# One client's input to `next`: shard paths and its data key.
+CLIENT_INPUT_TYPE = tff.StructWithPythonType(
+  [
+    ('shard_paths', tff.TensorType(np.str_, [None])),
+    ('data_key', tff.TensorType(np.int64, [2])),
+  ],
+  collections.OrderedDict,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientConfig:
+  """What every client does in a round.
+
+  Attributes:
+    model_config: `SegResNet.get_config()`-style keyword arguments.
+    crop_size: Training crop `(d, h, w)` (multiples of 8).
+    batch_size: Crops per step.
+    crops_per_case: Crops taken from a case each time it is read.
+    tumour_crop_probability: Probability that a crop is centred on tumour.
+    client_epochs_per_round: Local passes over the client's cases.
+    client_learning_rate: The client Adam's learning rate.
+    loss: 'dice' or 'dice_bce'.
+    precision: 'float32', 'mixed_float16' (GPUs) or 'mixed_bfloat16'.
+  """
+
+  model_config: dict[str, Any]
+  crop_size: tuple[int, int, int] = (64, 64, 64)
+  batch_size: int = 1
+  crops_per_case: int = 1
+  tumour_crop_probability: float = pipeline.DEFAULT_TUMOUR_CROP_PROBABILITY
+  client_epochs_per_round: int = 1
+  client_learning_rate: float = 1e-3
+  loss: str = 'dice_bce'
+  precision: str = precision_lib.FLOAT32
+
+  def __post_init__(self):
+    checks.check_positive_int(
+      'client_epochs_per_round', self.client_epochs_per_round
+    )
+    checks.check_positive_number(
+      'client_learning_rate', self.client_learning_rate
+    )
+    client_training.make_loss(self.loss)
+    precision_lib.check_precision(self.precision)
+    pipeline.training_element_spec(self.crop_size, self.batch_size)
+    checks.check_positive_int('crops_per_case', self.crops_per_case)
+    if not checks.is_number(self.tumour_crop_probability) or not (
+      0 <= self.tumour_crop_probability <= 1
+    ):
+      raise ValueError(
+        'tumour_crop_probability must be in [0, 1]. '
+        f'Found {self.tumour_crop_probability!r}.'
+      )
+    multiple = 2 ** (
+      len(self.model_config.get('blocks_down', (1, 2, 2, 4))) - 1
+    )
+    if any(size % multiple for size in self.crop_size):
+      raise ValueError(
+        f'crop_size must be multiples of {multiple} (SegResNet halves the '
+        f'resolution {multiple.bit_length() - 1} times). '
+        f'Found {tuple(self.crop_size)}.'
+      )
+
+  def build_model(self) -> segresnet.SegResNet:
+    """A built SegResNet under the configured precision."""
+    with precision_lib.precision_scope(self.precision):
+      model = segresnet.SegResNet(**self.model_config)
+      model.build((None, *self.crop_size, model.in_channels))
+    return model
+
+
+def client_data_key(seed: int | None, round_num: int, client_index: int):
+  """The int64 `[2]` data key of a client in a round.
+
+  With an int `seed` a pure function of (seed, round, client index), so a
+  resumed run gives every client the data it would have had; with None a
+  fresh key from the operating system's entropy.
+  """
+  for name, value in (('round_num', round_num), ('client_index', client_index)):
+    checks.check_non_negative_int(name, value)
+  if seed is not None:
+    checks.check_non_negative_int('seed', seed)
+  if seed is None:
+    words = np.frombuffer(os.urandom(16), np.int64)
+  else:
+    words = (
+      np.random.SeedSequence([seed, round_num, client_index])
+      .generate_state(2, np.uint64)
+      .view(np.int64)
+    )
+  return np.array(words, np.int64)
+
+
+def make_client_dataset(
+  shard_paths: tf.Tensor, data_key: tf.Tensor, config: ClientConfig
+) -> tf.data.Dataset:
+  """A client's batches for one round: `(images, regions, dropout_key)`.
+
+  `client_epochs_per_round` passes over the shards, each with its own
+  stateless key (fresh crops and augmentation per pass); batch i carries
+  the dropout key fold_in(fold_in(data_key, 1), i).
+  """
+  # int64 stream ids and epochs: fold_in draws its random half in the
+  # dtype of `data`, so the derived keys keep 64 random bits.
+  data_key = tf.convert_to_tensor(data_key, tf.int64)
+  data_stream = tf.random.experimental.stateless_fold_in(
+    data_key, tf.constant(_DATA_STREAM, tf.int64)
+  )
+  dataset = None
+  for epoch in range(config.client_epochs_per_round):
+    one_pass = pipeline.make_training_dataset(
+      shard_paths,
+      crop_size=config.crop_size,
+      batch_size=config.batch_size,
+      crops_per_case=config.crops_per_case,
+      tumour_crop_probability=config.tumour_crop_probability,
+      seed=tf.cast(
+        tf.random.experimental.stateless_fold_in(
+          data_stream, tf.constant(epoch, tf.int64)
+        ),
+        tf.int64,
+      ),
+    )
+    dataset = one_pass if dataset is None else dataset.concatenate(one_pass)
+  dropout_stream = tf.random.experimental.stateless_fold_in(
+    data_key, tf.constant(_DROPOUT_STREAM, tf.int64)
+  )
+
+  def with_key(index, batch):
+    images, regions = batch
+    key = tf.random.experimental.stateless_fold_in(dropout_stream, index)
+    return images, regions, tf.cast(key, tf.int64)
+
+  return dataset.enumerate().map(with_key)
+
+
+def build_server_optimizer(name: str, learning_rate: float):
+  """`tff.learning.optimizers` SGD (no momentum) or Adam."""
+  checks.check_positive_number('server_learning_rate', learning_rate)
+  if name == 'sgd':
+    return tff.learning.optimizers.build_sgdm(learning_rate=learning_rate)
+  if name == 'adam':
+    return tff.learning.optimizers.build_adam(learning_rate=learning_rate)
+  raise ValueError(
+    f'server_optimizer must be one of {SERVER_OPTIMIZERS}. Found {name!r}.'
+  )
+
+
+def build_fed_avg_process(
+  config: ClientConfig,
+  model_aggregator: tff.aggregators.WeightedAggregationFactory | None = None,
+  *,
+  server_optimizer: str = 'sgd',
+  server_learning_rate: float = 1.0,
+) -> tff.learning.templates.LearningProcess:
+  """The learning process; see the module docstring.
+
+  Args:
+    config: The clients' work.
+    model_aggregator: Aggregates the clients' updates with their step
+      counts as weights; default `tff.aggregators.MeanFactory()`.
+    server_optimizer: 'sgd' or 'adam'.
+    server_learning_rate: Its learning rate (1 for plain FedAvg with SGD).
+
+  Returns:
+    A `tff.learning.templates.LearningProcess` whose `next` takes
+    `(state, client_inputs)`, one `CLIENT_INPUT_TYPE` struct per client.
+    `initialize` draws random weights inside TFF; use `set_model_weights`
+    to start from a model built (and seeded) by the caller.
+  """
+  optimizer = build_server_optimizer(server_optimizer, server_learning_rate)
+  if model_aggregator is None:
+    model_aggregator = tff.aggregators.MeanFactory()
+  if not isinstance(
+    model_aggregator, tff.aggregators.WeightedAggregationFactory
+  ):
+    raise TypeError(
+      'model_aggregator must be a tff.aggregators.WeightedAggregationFactory. '
+      f'Found {type(model_aggregator).__name__}.'
+    )
+
+  @tff.tensorflow.computation
+  def initial_model_weights_fn():
+    model = config.build_model()
+    return tff.learning.models.ModelWeights(
+      trainable=tuple(tf.identity(v) for v in model.trainable_variables),
+      non_trainable=tuple(
+        tf.identity(v) for v in model.non_trainable_variables
+      ),
+    )
+
+  weights_type = initial_model_weights_fn.type_signature.result
+  client_work = _build_client_work(config, weights_type)
+  aggregator = model_aggregator.create(
+    weights_type.trainable, tff.TensorType(np.float32)
+  )
+  process = tff.learning.templates.compose_learning_process(
+    initial_model_weights_fn,
+    tff.learning.templates.build_broadcast_process(weights_type),
+    client_work,
+    aggregator,
+    tff.learning.templates.build_apply_optimizer_finalizer(
+      optimizer, weights_type
+    ),
+  )
+
+  @tff.tensorflow.computation(CLIENT_INPUT_TYPE)
+  def dataset_computation(client_input):
+    return make_client_dataset(
+      client_input['shard_paths'], client_input['data_key'], config
+    )
+
+  return tff.simulation.compose_dataset_computation_with_learning_process(
+    dataset_computation, process
+  )
+
+
+def _build_client_work(config, weights_type):
+  element_spec = (
+    *pipeline.training_element_spec(config.crop_size, config.batch_size),
+    tf.TensorSpec([2], tf.int64),
+  )
+  data_type = tff.SequenceType(tff.types.tensorflow_to_type(element_spec))
+
+  @tff.tensorflow.computation(weights_type, data_type)
+  def client_update(weights, dataset):
+    model = config.build_model()
+    trainer = client_training.ClientTrainer(
+      model,
+      learning_rate=config.client_learning_rate,
+      loss=config.loss,
+      precision=config.precision,
+    )
+    out = trainer.train(list(weights.trainable), dataset)
+    result = tff.learning.templates.ClientResult(
+      update=tuple(out['update']), update_weight=out['steps']
+    )
+    train = collections.OrderedDict(
+      num_clients=tf.constant(1, tf.int32),
+      **{key: out[key] for key in client_training.OUTPUT_KEYS},
+    )
+    return result, train
+
+  @tff.federated_computation
+  def init_fn():
+    return tff.federated_value((), tff.SERVER)
+
+  @tff.federated_computation(
+    init_fn.type_signature.result,
+    tff.FederatedType(weights_type, tff.CLIENTS),
+    tff.FederatedType(data_type, tff.CLIENTS),
+  )
+  def next_fn(state, weights, client_data):
+    results, train = tff.federated_map(client_update, (weights, client_data))
+    measurements = tff.federated_zip(
+      collections.OrderedDict(train=tff.federated_sum(train))
+    )
+    return tff.templates.MeasuredProcessOutput(state, results, measurements)
+
+  return tff.learning.templates.ClientWorkProcess(init_fn, next_fn)
