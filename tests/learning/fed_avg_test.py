@@ -8,7 +8,6 @@ every test builds its process first and its Keras models after it.
 import collections
 import math
 import re
-import time
 
 import numpy as np
 import pytest
@@ -47,7 +46,9 @@ def runtime(tmp_path_factory):
   with local.LocalRuntime(log_dir=str(log_dir)) as rt:
     pid = rt.worker_pid
     yield rt
-  assert _wait_dead(pid), f'TFF worker {pid} survived the runtime'
+  assert testing_utils.wait_process_gone(pid), (
+    f'TFF worker {pid} survived the runtime'
+  )
 
 
 @pytest.fixture(scope='module')
@@ -59,19 +60,6 @@ def fed_avg_process():
     server_optimizer='sgd',
     server_learning_rate=1.0,
   )
-
-
-def _wait_dead(pid, timeout=10.0):
-  deadline = time.monotonic() + timeout
-  while time.monotonic() < deadline:
-    try:
-      with open(f'/proc/{pid}/stat') as f:
-        if f.read().rsplit(')', 1)[1].split()[0] == 'Z':
-          return True
-    except FileNotFoundError:
-      return True
-    time.sleep(0.05)
-  return False
 
 
 def _client_inputs(folder, keys):

@@ -1,12 +1,12 @@
 """Tests of tff_brats.models.metrics, in Keras and aggregated by TFF."""
 
-import time
 
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tests import testing_utils
 from tff_brats.models import metrics
 from tff_brats.runtime import local
 
@@ -332,20 +332,9 @@ def runtime(tmp_path_factory):
   with local.LocalRuntime(log_dir=str(tmp_path_factory.mktemp('tff'))) as rt:
     pid = rt.worker_pid
     yield rt
-  assert _wait_dead(pid), f'TFF worker {pid} survived the runtime'
-
-
-def _wait_dead(pid, timeout=10.0):
-  deadline = time.monotonic() + timeout
-  while time.monotonic() < deadline:
-    try:
-      with open(f'/proc/{pid}/stat') as f:
-        if f.read().rsplit(')', 1)[1].split()[0] == 'Z':
-          return True
-    except FileNotFoundError:
-      return True
-    time.sleep(0.05)
-  return False
+  assert testing_utils.wait_process_gone(pid), (
+    f'TFF worker {pid} survived the runtime'
+  )
 
 
 @pytest.fixture(scope='module')

@@ -11,13 +11,13 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tests import testing_utils
 from tff_brats.runtime import local
 
 # Each test starts Python processes that import TensorFlow (~5 s each).
@@ -49,24 +49,6 @@ _CHILD = textwrap.dedent(
   print('closed', flush=True)
   """
 )
-
-
-def _is_alive(pid: int) -> bool:
-  try:
-    with open(f'/proc/{pid}/stat') as f:
-      state = f.read().rsplit(')', 1)[1].split()[0]
-  except FileNotFoundError:
-    return False
-  return state != 'Z'
-
-
-def _wait_dead(pid: int, timeout: float = 10.0) -> bool:
-  deadline = time.monotonic() + timeout
-  while time.monotonic() < deadline:
-    if not _is_alive(pid):
-      return True
-    time.sleep(0.05)
-  return False
 
 
 def _start_child(mode, log_dir):
@@ -101,7 +83,9 @@ def test_no_worker_survives_child_exit(tmp_path, mode, expected_returncode):
     assert 'deliberate failure' in err
   if mode == 'normal':
     assert 'closed' in out
-  assert _wait_dead(worker_pid), f'worker {worker_pid} survived {mode}'
+  assert testing_utils.wait_process_gone(worker_pid), (
+    f'worker {worker_pid} survived {mode}'
+  )
   assert os.listdir(tmp_path) and os.listdir(tmp_path)[0].startswith(
     'tff_worker-'
   )
@@ -121,11 +105,13 @@ def test_no_worker_survives_child_exit(tmp_path, mode, expected_returncode):
 def test_no_worker_survives_signal(tmp_path, signum, expected_returncode):
   child = _start_child('wait', tmp_path)
   worker_pid = _read_worker_pid(child)
-  assert _is_alive(worker_pid)
+  assert testing_utils.process_is_alive(worker_pid)
   child.send_signal(signum)
   _, err = child.communicate(timeout=120)
   assert child.returncode == expected_returncode, err
-  assert _wait_dead(worker_pid), f'worker {worker_pid} survived {signum!r}'
+  assert testing_utils.wait_process_gone(worker_pid), (
+    f'worker {worker_pid} survived {signum!r}'
+  )
 
 
 def test_runtime_runs_federated_computation_and_cleans_up(tmp_path):
@@ -142,7 +128,7 @@ def test_runtime_runs_federated_computation_and_cleans_up(tmp_path):
     assert sum_of_doubles([1.0, 2.0, 4.5]) == pytest.approx(15.0)
     assert os.path.exists(rt.log_path)
   assert rt.worker_pid is None
-  assert _wait_dead(worker_pid)
+  assert testing_utils.wait_process_gone(worker_pid)
   # No context is left behind: a stray call fails instead of starting an
   # unowned worker.
   with pytest.raises(Exception, match='context'):

@@ -1,7 +1,6 @@
 """Tests of tff_brats.simulation.client_data (TFF, on a real local worker)."""
 
 import os
-import time
 
 import numpy as np
 import pytest
@@ -40,20 +39,9 @@ def runtime(tmp_path_factory):
   with local.LocalRuntime(log_dir=str(log_dir)) as rt:
     pid = rt.worker_pid
     yield rt
-  assert _wait_dead(pid), f'TFF worker {pid} survived the runtime'
-
-
-def _wait_dead(pid, timeout=10.0):
-  deadline = time.monotonic() + timeout
-  while time.monotonic() < deadline:
-    try:
-      with open(f'/proc/{pid}/stat') as f:
-        if f.read().rsplit(')', 1)[1].split()[0] == 'Z':
-          return True
-    except FileNotFoundError:
-      return True
-    time.sleep(0.05)
-  return False
+  assert testing_utils.wait_process_gone(pid), (
+    f'TFF worker {pid} survived the runtime'
+  )
 
 
 def _summary_computation(dataset_type):
