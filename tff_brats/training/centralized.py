@@ -37,7 +37,6 @@ import numpy as np
 import tensorflow as tf
 import tqdm
 
-from tff_brats.data import layouts
 from tff_brats.data import manifest as manifest_lib
 from tff_brats.data import pipeline
 from tff_brats.evaluation import evaluate
@@ -219,7 +218,7 @@ def train_centralized(
         num_examples=config.num_overlay_cases,
         progress=progress,
       )
-      row.update(_validation_columns(last_eval))
+      row.update(run_outputs.validation_columns(last_eval))
       if last_eval.mean_dice > float(best_dice.numpy()):
         best_dice.assign(last_eval.mean_dice)
         best_epoch.assign(current)
@@ -227,7 +226,7 @@ def train_centralized(
           model, os.path.join(run_dir, 'best_model'), overwrite=True
         )
     else:
-      row.update(_validation_columns(None))
+      row.update(run_outputs.validation_columns(None))
     row['seconds'] = round(time.monotonic() - started, 2)
     _write_summaries(writer, current, row, evaluated)
     csv_file.append(row)
@@ -318,17 +317,6 @@ def _train_epoch(train_step, prepared, config, epoch, train_metrics, progress):
 
 def _epoch_seed(seed: int, epoch: int) -> int:
   return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
-
-
-def _validation_columns(result: evaluate.Evaluation | None) -> dict[str, Any]:
-  columns = {}
-  for region in (*layouts.REGIONS, 'mean'):
-    for metric in ('dice', 'hd95'):
-      key = f'{metric}_{region}'
-      columns[f'val_{key}'] = (
-        '' if result is None else result.summary[key]['mean']
-      )
-  return columns
 
 
 def _write_summaries(writer, epoch, row, result) -> None:

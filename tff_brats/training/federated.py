@@ -71,7 +71,6 @@ import tensorflow_federated as tff
 import tqdm
 
 from tff_brats.aggregators import factories
-from tff_brats.data import layouts
 from tff_brats.data import manifest as manifest_lib
 from tff_brats.data import pipeline
 from tff_brats.evaluation import evaluate
@@ -596,7 +595,7 @@ class _Trainer:
     if round_num % config.rounds_per_eval == 0 or last:
       evaluated = self._evaluate(round_num, row)
     else:
-      row.update(_validation_columns(None))
+      row.update(run_outputs.validation_columns(None))
       if config.eval_per_institution:
         row.update({f'inst_{c}_dice_mean': '' for c in self.client_ids})
     row['seconds'] = round(time.monotonic() - started, 2)
@@ -655,7 +654,7 @@ class _Trainer:
       overlap=config.eval_overlap,
       num_examples=config.num_overlay_cases,
     )
-    row.update(_validation_columns(result))
+    row.update(run_outputs.validation_columns(result))
     if config.eval_per_institution:
       for client_id in self.client_ids:
         cases = list(self.prepared.clients[client_id])[
@@ -804,17 +803,6 @@ def _count_text(value) -> str:
 
 def _finite_or_none(values: dict[str, float]) -> dict[str, float | None]:
   return {k: (v if math.isfinite(v) else None) for k, v in values.items()}
-
-
-def _validation_columns(result: evaluate.Evaluation | None) -> dict[str, Any]:
-  columns = {}
-  for region in (*layouts.REGIONS, 'mean'):
-    for metric in ('dice', 'hd95'):
-      key = f'{metric}_{region}'
-      columns[f'val_{key}'] = (
-        '' if result is None else result.summary[key]['mean']
-      )
-  return columns
 
 
 def _write_summaries(writer, round_num, row, result) -> None:

@@ -19,6 +19,7 @@ import json
 import os
 from typing import Any
 
+from tff_brats.data import layouts
 from tff_brats.utils import atomic
 
 HPARAMS_NAME = 'hparams.json'
@@ -91,6 +92,22 @@ def prepare_run_dir(
     )
   os.makedirs(run_dir, exist_ok=True)
   write_hparams(run_dir, hparams)
+
+
+def validation_columns(evaluation: Any | None) -> dict[str, Any]:
+  """`val_<metric>_<region>` means of an `evaluate.Evaluation` ('' if None).
+
+  The CSV columns both trainers write for an evaluated (or, with None, a
+  not evaluated) epoch or round.
+  """
+  columns = {}
+  for region in (*layouts.REGIONS, 'mean'):
+    for metric in ('dice', 'hd95'):
+      key = f'{metric}_{region}'
+      columns[f'val_{key}'] = (
+        '' if evaluation is None else evaluation.summary[key]['mean']
+      )
+  return columns
 
 
 class MetricsCsv:
