@@ -1,6 +1,5 @@
 """Tests of tff_brats.models.metrics, in Keras and aggregated by TFF."""
 
-
 import numpy as np
 import pytest
 import tensorflow as tf
