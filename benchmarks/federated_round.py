@@ -33,13 +33,11 @@ concurrently (up to `--worker_max_concurrent_calls` sessions per
 computation; -1, the project's default, means all clients at once) where
 the reference runs them one after another, and it runs graphs with
 Grappler's meta-optimiser off (TFF's session options; with
-`--noplain_meta_optimizer` the reference does too). `ClientTrainer.train` loops with `for batch
-in dataset`, which autograph turns into a `scan` + `reduce` over the data
-set: the training steps then run inside tf.data's own threads, which the
-inter-op setting does not bound, so with clients in parallel the worker
-keeps more cores busy than the reference (`cores_used`). The worker's CPU
-time shows up in `background_cpu_fraction`; `worker_cpu_seconds_per_round`
-measures it directly (/proc). `--worker_max_concurrent_calls=1
+`--noplain_meta_optimizer` the reference does too), so with clients in
+parallel the worker can keep more cores busy than the reference
+(`cores_used`). The worker's CPU time shows up in
+`background_cpu_fraction`; `worker_cpu_seconds_per_round` measures it
+directly (/proc). `--worker_max_concurrent_calls=1
 --noplain_meta_optimizer` is the like-for-like comparison.
 
 `breakdown` times what a round ships without training:
@@ -83,6 +81,7 @@ from tff_brats.learning import client_training
 from tff_brats.learning import fed_avg
 from tff_brats.privacy import mechanisms
 from tff_brats.runtime import local
+from tff_brats.runtime import worker as worker_lib
 
 TARGET_RATIO = 1.10
 
@@ -340,10 +339,10 @@ def run_benchmark(
         else f'at most {worker_max_concurrent_calls} at once'
       ),
       'plain_runs_clients': 'one after another',
-      'client_loop': (
-        'for batch in dataset (autograph: scan + reduce; steps run in '
-        'tf.data threads, not bounded by the inter-op setting)'
-      ),
+      'client_loop': 'for batch in iter(dataset) (a tf.while_loop)',
+      'worker_malloc_arena_max': worker_lib.worker_environment()[
+        'MALLOC_ARENA_MAX'
+      ],
       'worker_grappler_meta_optimizer': False,
       'plain_grappler_meta_optimizer': plain_meta_optimizer,
       'data_dir': data_dir or 'synthetic (temporary)',

@@ -89,3 +89,34 @@ def test_stop_kills_a_process_that_ignores_sigint(tmp_path):
 def test_bad_port(port, tmp_path):
   with pytest.raises(ValueError, match=f'port must be in .* Found {port}'):
     worker.WorkerProcess(port, str(tmp_path / 'w.log'))
+
+
+def test_worker_environment_caps_malloc_arenas_unless_set():
+  assert worker.worker_environment({'PATH': '/bin'}) == {
+    'PATH': '/bin',
+    'MALLOC_ARENA_MAX': '1',
+  }
+  # The caller's own value wins.
+  assert worker.worker_environment({'MALLOC_ARENA_MAX': '8'}) == {
+    'MALLOC_ARENA_MAX': '8'
+  }
+
+
+def test_started_process_gets_the_worker_environment(tmp_path, monkeypatch):
+  monkeypatch.delenv('MALLOC_ARENA_MAX', raising=False)
+  monkeypatch.setenv('TFF_BRATS_TEST_MARKER', 'inherited')
+  out = tmp_path / 'env.txt'
+  script = tmp_path / 'prints_env.sh'
+  script.write_text(f'#!/bin/sh\nenv > {out}\nexec sleep 60\n')
+  script.chmod(0o755)
+  w = worker.WorkerProcess(
+    1234, str(tmp_path / 'w.log'), binary_path=str(script)
+  )
+  w.start()
+  try:
+    w.wait_until(lambda: out.exists() and out.stat().st_size > 0, timeout=30)
+  finally:
+    w.stop(timeout=1)
+  lines = out.read_text().splitlines()
+  assert 'MALLOC_ARENA_MAX=1' in lines
+  assert 'TFF_BRATS_TEST_MARKER=inherited' in lines
