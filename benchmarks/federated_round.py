@@ -59,13 +59,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from collections.abc import Sequence
-import contextlib
 import dataclasses
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 from typing import Any
 
@@ -80,94 +77,33 @@ from benchmarks import machine
 from tff_brats.learning import client_training
 from tff_brats.learning import fed_avg
 from tff_brats.privacy import mechanisms
-from tff_brats.runtime import local
-from tff_brats.runtime import worker as worker_lib
 
 TARGET_RATIO = 1.10
 
-_DATA_DIR = flags.DEFINE_string(
-  'data_dir',
-  None,
-  'A prepared folder (e.g. demo_output/prepared); default: write a '
-  'synthetic one to a temporary folder.',
+_COMMON = federated_setup.define_flags(
+  clients=4,
+  volume_size=64,
+  crop_size=64,
+  init_filters=16,
+  privacy_mechanism='none',
 )
-_CLIENTS = flags.DEFINE_integer('clients', 4, 'Clients per round (K).')
-_CASES_PER_CLIENT = flags.DEFINE_integer(
-  'cases_per_client', 2, 'Synthetic cases per client (without --data_dir).'
-)
-_VOLUME_SIZE = flags.DEFINE_integer(
-  'volume_size', 64, 'Edge of the synthetic volumes (without --data_dir).'
-)
-_CROP_SIZE = flags.DEFINE_integer('crop_size', 64, 'Cube crop edge length.')
-_INIT_FILTERS = flags.DEFINE_integer('init_filters', 16, 'SegResNet width.')
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 1, 'Crops per step.')
-_CROPS_PER_CASE = flags.DEFINE_integer(
-  'crops_per_case', 1, 'Crops per case read (steps per case).'
-)
 _CLIENT_EPOCHS_PER_ROUND = flags.DEFINE_integer(
   'client_epochs_per_round', 1, 'Local passes over a client’s cases.'
 )
 _CLIENT_LEARNING_RATE = flags.DEFINE_float(
   'client_learning_rate', 1e-3, 'The client Adam’s learning rate.'
 )
-_PRIVACY_MECHANISM = flags.DEFINE_enum(
-  'privacy_mechanism',
-  'none',
-  federated_setup.PRIVACY_MECHANISMS,
-  'Client-side mechanism of the aggregator.',
-)
-_SHARED_FRACTION = flags.DEFINE_float(
-  'shared_fraction', federated_setup.SVT_DEFAULTS['shared_fraction'], 'SVT q.'
-)
-_CLIP_BOUND = flags.DEFINE_float(
-  'clip_bound', federated_setup.SVT_DEFAULTS['clip_bound'], 'SVT γ.'
-)
-_SELECTION_EPSILON = flags.DEFINE_float(
-  'selection_epsilon',
-  federated_setup.SVT_DEFAULTS['selection_epsilon'],
-  'SVT ε.',
-)
-_RELEASE_EPSILON = flags.DEFINE_float(
-  'release_epsilon', federated_setup.SVT_DEFAULTS['release_epsilon'], 'SVT ε3.'
-)
-_THRESHOLD = flags.DEFINE_float(
-  'threshold', federated_setup.SVT_DEFAULTS['threshold'], 'SVT τ.'
-)
 _ROUNDS = flags.DEFINE_integer('rounds', 3, 'Timed rounds per side.')
 _WARMUP = flags.DEFINE_integer('warmup', 1, 'Untimed rounds per side first.')
 _BREAKDOWN_CALLS = flags.DEFINE_integer(
   'breakdown_calls', 3, 'Timed state round trips (0: skip the breakdown).'
-)
-_INTRA_OP_THREADS = flags.DEFINE_integer(
-  'intra_op_threads', 2, 'TensorFlow intra-op threads (0: TF default).'
-)
-_INTER_OP_THREADS = flags.DEFINE_integer(
-  'inter_op_threads', 1, 'TensorFlow inter-op threads (0: TF default).'
-)
-_WORKER_INTRA_OP_THREADS = flags.DEFINE_integer(
-  'worker_intra_op_threads',
-  -1,
-  "The worker's intra-op threads (-1: as --intra_op_threads; 0: TF default).",
-)
-_WORKER_INTER_OP_THREADS = flags.DEFINE_integer(
-  'worker_inter_op_threads',
-  -1,
-  "The worker's inter-op threads (-1: as --inter_op_threads; 0: TF default).",
-)
-_WORKER_MAX_CONCURRENT_CALLS = flags.DEFINE_integer(
-  'worker_max_concurrent_calls',
-  -1,
-  'Concurrent sessions per computation in the worker (clients trained at '
-  'once); -1: no limit, as the trainer runs it.',
 )
 _PLAIN_META_OPTIMIZER = flags.DEFINE_bool(
   'plain_meta_optimizer',
   True,
   "Grappler's meta-optimiser on the plain side (TF's default; the worker "
   'runs without it).',
-)
-_SEED = flags.DEFINE_integer(
-  'seed', 0, 'Seed of the data, the initial weights and the data keys.'
 )
 
 
@@ -176,34 +112,14 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   try:
     result = run_benchmark(
-      data_dir=_DATA_DIR.value,
-      clients=_CLIENTS.value,
-      cases_per_client=_CASES_PER_CLIENT.value,
-      volume_size=_VOLUME_SIZE.value,
-      crop_size=_CROP_SIZE.value,
-      init_filters=_INIT_FILTERS.value,
+      **federated_setup.flag_arguments(_COMMON),
       batch_size=_BATCH_SIZE.value,
-      crops_per_case=_CROPS_PER_CASE.value,
       client_epochs_per_round=_CLIENT_EPOCHS_PER_ROUND.value,
       client_learning_rate=_CLIENT_LEARNING_RATE.value,
-      privacy_mechanism=_PRIVACY_MECHANISM.value,
-      svt={
-        'shared_fraction': _SHARED_FRACTION.value,
-        'clip_bound': _CLIP_BOUND.value,
-        'selection_epsilon': _SELECTION_EPSILON.value,
-        'release_epsilon': _RELEASE_EPSILON.value,
-        'threshold': _THRESHOLD.value,
-      },
       rounds=_ROUNDS.value,
       warmup=_WARMUP.value,
       breakdown_calls=_BREAKDOWN_CALLS.value,
-      intra_op_threads=_INTRA_OP_THREADS.value,
-      inter_op_threads=_INTER_OP_THREADS.value,
-      worker_intra_op_threads=_WORKER_INTRA_OP_THREADS.value,
-      worker_inter_op_threads=_WORKER_INTER_OP_THREADS.value,
-      worker_max_concurrent_calls=_WORKER_MAX_CONCURRENT_CALLS.value,
       plain_meta_optimizer=_PLAIN_META_OPTIMIZER.value,
-      seed=_SEED.value,
     )
   except ValueError as e:
     raise app.UsageError(str(e)) from None
@@ -272,53 +188,40 @@ def run_benchmark(
     client_learning_rate=client_learning_rate,
   )
   aggregator = federated_setup.model_aggregator(privacy_mechanism, svt)
-  machine.set_threads(intra_op_threads, inter_op_threads)
+  threads = dict(
+    intra_op_threads=intra_op_threads,
+    inter_op_threads=inter_op_threads,
+    worker_intra_op_threads=worker_intra_op_threads,
+    worker_inter_op_threads=worker_inter_op_threads,
+    worker_max_concurrent_calls=worker_max_concurrent_calls,
+  )
   if not plain_meta_optimizer:
     # This process only: the worker's graphs never see this setting.
     tf.config.optimizer.set_experimental_options(
       {'disable_meta_optimizer': True}
     )
-  worker_intra = (
-    intra_op_threads if worker_intra_op_threads < 0 else worker_intra_op_threads
-  )
-  worker_inter = (
-    inter_op_threads if worker_inter_op_threads < 0 else worker_inter_op_threads
-  )
-  work_dir = tempfile.mkdtemp(prefix='tff_brats-bench-round-')
-  try:
-    _progress('preparing data')
-    client_data = federated_setup.prepare_clients(
-      data_dir=data_dir,
-      work_dir=work_dir,
-      num_clients=clients,
-      cases_per_client=cases_per_client,
-      volume_size=volume_size,
+  with federated_setup.run_on_worker(
+    data_dir=data_dir,
+    clients=clients,
+    cases_per_client=cases_per_client,
+    volume_size=volume_size,
+    seed=seed,
+    progress=_progress,
+    **threads,
+  ) as (client_data, worker_pid):
+    measured = _measure(
+      worker_pid,
+      config,
+      aggregator,
+      client_data,
+      rounds=rounds,
+      warmup=warmup,
+      breakdown_calls=breakdown_calls,
       seed=seed,
     )
-    runtime = local.LocalRuntime(
-      default_num_clients=clients,
-      max_concurrent_computation_calls=worker_max_concurrent_calls,
-    )
-    with contextlib.ExitStack() as stack:
-      # Only the worker sees the thread variables.
-      with federated_setup.worker_threads(worker_intra, worker_inter):
-        stack.enter_context(runtime)
-      measured = _measure(
-        runtime.worker_pid,
-        config,
-        aggregator,
-        client_data,
-        rounds=rounds,
-        warmup=warmup,
-        breakdown_calls=breakdown_calls,
-        seed=seed,
-      )
-  finally:
-    shutil.rmtree(work_dir, ignore_errors=True)
 
   tff_median = measured['tff']['median_seconds']
   plain_median = measured['plain']['median_seconds']
-  threading = tf.config.threading
   return {
     'benchmark': 'federated_round',
     'config': {
@@ -327,11 +230,7 @@ def run_benchmark(
       'onednn': machine.onednn_enabled(),
       'cpu_count': os.cpu_count(),
       'cpu': machine.cpu_model(),
-      'intra_op_threads': threading.get_intra_op_parallelism_threads(),
-      'inter_op_threads': threading.get_inter_op_parallelism_threads(),
-      'worker_intra_op_threads': worker_intra or 'TF default (one per core)',
-      'worker_inter_op_threads': worker_inter or 'TF default (one per core)',
-      'worker_max_concurrent_calls': worker_max_concurrent_calls,
+      **federated_setup.thread_config(**threads),
       'worker_runs_clients': (
         'concurrently'
         if worker_max_concurrent_calls < 0
@@ -340,9 +239,6 @@ def run_benchmark(
       ),
       'plain_runs_clients': 'one after another',
       'client_loop': 'for batch in iter(dataset) (a tf.while_loop)',
-      'worker_malloc_arena_max': worker_lib.worker_environment()[
-        'MALLOC_ARENA_MAX'
-      ],
       'worker_grappler_meta_optimizer': False,
       'plain_grappler_meta_optimizer': plain_meta_optimizer,
       'data_dir': data_dir or 'synthetic (temporary)',

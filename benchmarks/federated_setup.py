@@ -6,6 +6,11 @@ it writes with the library (`tff_brats.data.synthetic` NIfTI phantoms, then
 `tff_brats.data.prepare`, one client per institution), as
 `experiments/make_synthetic_brats.py` and `experiments/prepare_data.py` do.
 
+`define_flags` and `flag_arguments` define and read the flags both
+federated benchmarks take (data, model size, SVT, threads, worker, seed);
+`run_on_worker` prepares the clients and starts the project's TFF worker
+with its thread pools, and `thread_config` reports them.
+
 `worker_threads` sets the thread pools of the TFF worker the benchmark
 starts. `worker_binary` has no thread flags and TFF's C++ runtime creates
 its sessions with default `SessionOptions` (intra- and inter-op threads
@@ -21,15 +26,22 @@ import collections
 from collections.abc import Iterator
 import contextlib
 import os
+import shutil
+import tempfile
 from typing import Any
 
+from absl import flags
 import numpy as np
+import tensorflow as tf
 
+from benchmarks import machine
 from tff_brats.aggregators import factories
 from tff_brats.data import manifest as manifest_lib
 from tff_brats.data import prepare
 from tff_brats.data import synthetic
 from tff_brats.learning import fed_avg
+from tff_brats.runtime import local
+from tff_brats.runtime import worker as worker_lib
 
 PRIVACY_MECHANISMS = ('none', 'sparse_vector')
 
@@ -44,6 +56,194 @@ SVT_DEFAULTS = {
 }
 
 _THREAD_VARIABLES = ('TF_NUM_INTRAOP_THREADS', 'TF_NUM_INTEROP_THREADS')
+
+
+def define_flags(
+  *,
+  clients: int,
+  volume_size: int,
+  crop_size: int,
+  init_filters: int,
+  privacy_mechanism: str,
+) -> dict[str, flags.FlagHolder]:
+  """Defines the flags both federated benchmarks take, with these defaults.
+
+  Returns:
+    The flag holders by name, for `flag_arguments`.
+  """
+  svt_help = {
+    'shared_fraction': 'SVT q.',
+    'clip_bound': 'SVT γ.',
+    'selection_epsilon': 'SVT ε.',
+    'release_epsilon': 'SVT ε3.',
+    'threshold': 'SVT τ.',
+  }
+  holders = {
+    'data_dir': flags.DEFINE_string(
+      'data_dir',
+      None,
+      'A prepared folder (e.g. demo_output/prepared); default: write a '
+      'synthetic one to a temporary folder.',
+    ),
+    'clients': flags.DEFINE_integer('clients', clients, 'Clients per round.'),
+    'cases_per_client': flags.DEFINE_integer(
+      'cases_per_client', 2, 'Synthetic cases per client (without --data_dir).'
+    ),
+    'volume_size': flags.DEFINE_integer(
+      'volume_size',
+      volume_size,
+      'Edge of the synthetic volumes (without --data_dir).',
+    ),
+    'crop_size': flags.DEFINE_integer(
+      'crop_size', crop_size, 'Cube crop edge length.'
+    ),
+    'init_filters': flags.DEFINE_integer(
+      'init_filters', init_filters, 'SegResNet width.'
+    ),
+    'crops_per_case': flags.DEFINE_integer(
+      'crops_per_case', 1, 'Crops per case read (steps per case).'
+    ),
+    'privacy_mechanism': flags.DEFINE_enum(
+      'privacy_mechanism',
+      privacy_mechanism,
+      PRIVACY_MECHANISMS,
+      'Client-side mechanism of the aggregator.',
+    ),
+    **{
+      name: flags.DEFINE_float(name, SVT_DEFAULTS[name], svt_help[name])
+      for name in SVT_DEFAULTS
+    },
+    'intra_op_threads': flags.DEFINE_integer(
+      'intra_op_threads', 2, 'TensorFlow intra-op threads (0: TF default).'
+    ),
+    'inter_op_threads': flags.DEFINE_integer(
+      'inter_op_threads', 1, 'TensorFlow inter-op threads (0: TF default).'
+    ),
+    'worker_intra_op_threads': flags.DEFINE_integer(
+      'worker_intra_op_threads',
+      -1,
+      "The worker's intra-op threads (-1: as --intra_op_threads; 0: TF "
+      'default).',
+    ),
+    'worker_inter_op_threads': flags.DEFINE_integer(
+      'worker_inter_op_threads',
+      -1,
+      "The worker's inter-op threads (-1: as --inter_op_threads; 0: TF "
+      'default).',
+    ),
+    'worker_max_concurrent_calls': flags.DEFINE_integer(
+      'worker_max_concurrent_calls',
+      -1,
+      'Concurrent sessions per computation in the worker (clients trained '
+      'at once); -1: no limit, as the trainer runs it.',
+    ),
+    'seed': flags.DEFINE_integer(
+      'seed', 0, 'Seed of the data, the initial weights and the data keys.'
+    ),
+  }
+  return holders
+
+
+def flag_arguments(holders: dict[str, flags.FlagHolder]) -> dict[str, Any]:
+  """The flags' values as `run_benchmark` arguments (SVT ones as `svt`)."""
+  values = {name: holder.value for name, holder in holders.items()}
+  values['svt'] = {name: values.pop(name) for name in SVT_DEFAULTS}
+  return values
+
+
+@contextlib.contextmanager
+def run_on_worker(
+  *,
+  data_dir: str | None,
+  clients: int,
+  cases_per_client: int,
+  volume_size: int,
+  seed: int,
+  intra_op_threads: int,
+  inter_op_threads: int,
+  worker_intra_op_threads: int,
+  worker_inter_op_threads: int,
+  worker_max_concurrent_calls: int,
+  progress,
+) -> Iterator[tuple[list[tuple[str, list[str]]], int]]:
+  """Sets threads, prepares the clients and starts the project's worker.
+
+  This process's pools are set with `machine.set_threads`; the worker's
+  are the `worker_*` numbers (-1: as this process's; 0: TF's default).
+
+  Yields:
+    `(client_data, worker_pid)`: `prepare_clients`' result and the pid of
+    the running worker; on exit the worker is stopped and the temporary
+    data deleted.
+  """
+  machine.set_threads(intra_op_threads, inter_op_threads)
+  worker_intra, worker_inter = worker_thread_numbers(
+    intra_op_threads,
+    inter_op_threads,
+    worker_intra_op_threads,
+    worker_inter_op_threads,
+  )
+  work_dir = tempfile.mkdtemp(prefix='tff_brats-bench-')
+  try:
+    progress('preparing data')
+    client_data = prepare_clients(
+      data_dir=data_dir,
+      work_dir=work_dir,
+      num_clients=clients,
+      cases_per_client=cases_per_client,
+      volume_size=volume_size,
+      seed=seed,
+    )
+    runtime = local.LocalRuntime(
+      default_num_clients=clients,
+      max_concurrent_computation_calls=worker_max_concurrent_calls,
+    )
+    with contextlib.ExitStack() as stack:
+      # Only the worker sees the thread variables.
+      with worker_threads(worker_intra, worker_inter):
+        stack.enter_context(runtime)
+      yield client_data, runtime.worker_pid
+  finally:
+    shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def worker_thread_numbers(
+  intra: int, inter: int, worker_intra: int, worker_inter: int
+) -> tuple[int, int]:
+  """The worker's (intra, inter) pools: -1 means as this process's."""
+  return (
+    intra if worker_intra < 0 else worker_intra,
+    inter if worker_inter < 0 else worker_inter,
+  )
+
+
+def thread_config(
+  *,
+  intra_op_threads: int,
+  inter_op_threads: int,
+  worker_intra_op_threads: int,
+  worker_inter_op_threads: int,
+  worker_max_concurrent_calls: int,
+) -> dict[str, Any]:
+  """The `config` entries on threads and the worker, for the JSON."""
+  worker_intra, worker_inter = worker_thread_numbers(
+    intra_op_threads,
+    inter_op_threads,
+    worker_intra_op_threads,
+    worker_inter_op_threads,
+  )
+  threading = tf.config.threading
+  default = 'TF default (one per core)'
+  return {
+    'intra_op_threads': threading.get_intra_op_parallelism_threads(),
+    'inter_op_threads': threading.get_inter_op_parallelism_threads(),
+    'worker_intra_op_threads': worker_intra or default,
+    'worker_inter_op_threads': worker_inter or default,
+    'worker_max_concurrent_calls': worker_max_concurrent_calls,
+    'worker_malloc_arena_max': worker_lib.worker_environment()[
+      'MALLOC_ARENA_MAX'
+    ],
+  }
 
 
 def prepare_clients(

@@ -20,10 +20,10 @@ line through the RSS after it.
 
 The worker is linked against glibc's malloc, which gives busy threads
 arenas of their own; `tff_brats.runtime.worker` starts it with
-`MALLOC_ARENA_MAX=1` unless the environment sets another value (recorded
-as `config.malloc_arena_max`, the worker's effective value), so running
-the benchmark under e.g. `MALLOC_ARENA_MAX=8` shows the growth without
-the cap, and `--worker_max_concurrent_calls=1` how much comes from
+`MALLOC_ARENA_MAX=1` unless the environment sets another value
+(recorded as `config.worker_malloc_arena_max`, the worker's effective
+value), so running the benchmark under e.g. `MALLOC_ARENA_MAX=16` shows
+the growth without the cap, and `--worker_max_concurrent_calls=1` how much comes from
 training clients concurrently.
 
 Example (threads are set before TensorFlow starts):
@@ -36,12 +36,9 @@ Prints one JSON object to stdout (progress goes to stderr).
 from __future__ import annotations
 
 from collections.abc import Sequence
-import contextlib
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 from typing import Any
 
@@ -54,79 +51,19 @@ import tensorflow_federated as tff
 from benchmarks import federated_setup
 from benchmarks import machine
 from tff_brats.learning import fed_avg
-from tff_brats.runtime import local
-from tff_brats.runtime import worker as worker_lib
 
 TARGET_GROWTH_PERCENT = 5.0
 
-_DATA_DIR = flags.DEFINE_string(
-  'data_dir',
-  None,
-  'A prepared folder; default: write a synthetic one to a temporary folder.',
-)
-_CLIENTS = flags.DEFINE_integer('clients', 3, 'Clients per round.')
-_CASES_PER_CLIENT = flags.DEFINE_integer(
-  'cases_per_client', 2, 'Synthetic cases per client (without --data_dir).'
-)
-_VOLUME_SIZE = flags.DEFINE_integer(
-  'volume_size', 32, 'Edge of the synthetic volumes (without --data_dir).'
-)
-_CROP_SIZE = flags.DEFINE_integer('crop_size', 16, 'Cube crop edge length.')
-_INIT_FILTERS = flags.DEFINE_integer('init_filters', 8, 'SegResNet width.')
-_CROPS_PER_CASE = flags.DEFINE_integer(
-  'crops_per_case', 1, 'Crops per case read (steps per case).'
-)
-_PRIVACY_MECHANISM = flags.DEFINE_enum(
-  'privacy_mechanism',
-  'sparse_vector',
-  federated_setup.PRIVACY_MECHANISMS,
-  'Client-side mechanism of the aggregator.',
-)
-_SHARED_FRACTION = flags.DEFINE_float(
-  'shared_fraction', federated_setup.SVT_DEFAULTS['shared_fraction'], 'SVT q.'
-)
-_CLIP_BOUND = flags.DEFINE_float(
-  'clip_bound', federated_setup.SVT_DEFAULTS['clip_bound'], 'SVT γ.'
-)
-_SELECTION_EPSILON = flags.DEFINE_float(
-  'selection_epsilon',
-  federated_setup.SVT_DEFAULTS['selection_epsilon'],
-  'SVT ε.',
-)
-_RELEASE_EPSILON = flags.DEFINE_float(
-  'release_epsilon', federated_setup.SVT_DEFAULTS['release_epsilon'], 'SVT ε3.'
-)
-_THRESHOLD = flags.DEFINE_float(
-  'threshold', federated_setup.SVT_DEFAULTS['threshold'], 'SVT τ.'
+_COMMON = federated_setup.define_flags(
+  clients=3,
+  volume_size=32,
+  crop_size=16,
+  init_filters=8,
+  privacy_mechanism='sparse_vector',
 )
 _ROUNDS = flags.DEFINE_integer('rounds', 50, 'Rounds to run.')
 _BASELINE_ROUND = flags.DEFINE_integer(
   'baseline_round', 5, 'Growth is measured from the end of this round.'
-)
-_INTRA_OP_THREADS = flags.DEFINE_integer(
-  'intra_op_threads', 2, 'TensorFlow intra-op threads (0: TF default).'
-)
-_INTER_OP_THREADS = flags.DEFINE_integer(
-  'inter_op_threads', 1, 'TensorFlow inter-op threads (0: TF default).'
-)
-_WORKER_INTRA_OP_THREADS = flags.DEFINE_integer(
-  'worker_intra_op_threads',
-  -1,
-  "The worker's intra-op threads (-1: as --intra_op_threads; 0: TF default).",
-)
-_WORKER_INTER_OP_THREADS = flags.DEFINE_integer(
-  'worker_inter_op_threads',
-  -1,
-  "The worker's inter-op threads (-1: as --inter_op_threads; 0: TF default).",
-)
-_WORKER_MAX_CONCURRENT_CALLS = flags.DEFINE_integer(
-  'worker_max_concurrent_calls',
-  -1,
-  'Concurrent sessions per computation in the worker (clients trained at '
-  'once); -1: no limit, as the trainer runs it.',
-)
-_SEED = flags.DEFINE_integer(
-  'seed', 0, 'Seed of the data, the initial weights and the data keys.'
 )
 
 
@@ -135,29 +72,9 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   try:
     result = run_benchmark(
-      data_dir=_DATA_DIR.value,
-      clients=_CLIENTS.value,
-      cases_per_client=_CASES_PER_CLIENT.value,
-      volume_size=_VOLUME_SIZE.value,
-      crop_size=_CROP_SIZE.value,
-      init_filters=_INIT_FILTERS.value,
-      crops_per_case=_CROPS_PER_CASE.value,
-      privacy_mechanism=_PRIVACY_MECHANISM.value,
-      svt={
-        'shared_fraction': _SHARED_FRACTION.value,
-        'clip_bound': _CLIP_BOUND.value,
-        'selection_epsilon': _SELECTION_EPSILON.value,
-        'release_epsilon': _RELEASE_EPSILON.value,
-        'threshold': _THRESHOLD.value,
-      },
+      **federated_setup.flag_arguments(_COMMON),
       rounds=_ROUNDS.value,
       baseline_round=_BASELINE_ROUND.value,
-      intra_op_threads=_INTRA_OP_THREADS.value,
-      inter_op_threads=_INTER_OP_THREADS.value,
-      worker_intra_op_threads=_WORKER_INTRA_OP_THREADS.value,
-      worker_inter_op_threads=_WORKER_INTER_OP_THREADS.value,
-      worker_max_concurrent_calls=_WORKER_MAX_CONCURRENT_CALLS.value,
-      seed=_SEED.value,
     )
   except ValueError as e:
     raise app.UsageError(str(e)) from None
@@ -209,39 +126,26 @@ def run_benchmark(
     crops_per_case=crops_per_case,
   )
   aggregator = federated_setup.model_aggregator(privacy_mechanism, svt)
-  machine.set_threads(intra_op_threads, inter_op_threads)
-  worker_intra = (
-    intra_op_threads if worker_intra_op_threads < 0 else worker_intra_op_threads
+  threads = dict(
+    intra_op_threads=intra_op_threads,
+    inter_op_threads=inter_op_threads,
+    worker_intra_op_threads=worker_intra_op_threads,
+    worker_inter_op_threads=worker_inter_op_threads,
+    worker_max_concurrent_calls=worker_max_concurrent_calls,
   )
-  worker_inter = (
-    inter_op_threads if worker_inter_op_threads < 0 else worker_inter_op_threads
-  )
-  work_dir = tempfile.mkdtemp(prefix='tff_brats-bench-memory-')
-  try:
-    _progress('preparing data')
-    client_data = federated_setup.prepare_clients(
-      data_dir=data_dir,
-      work_dir=work_dir,
-      num_clients=clients,
-      cases_per_client=cases_per_client,
-      volume_size=volume_size,
-      seed=seed,
+  with federated_setup.run_on_worker(
+    data_dir=data_dir,
+    clients=clients,
+    cases_per_client=cases_per_client,
+    volume_size=volume_size,
+    seed=seed,
+    progress=_progress,
+    **threads,
+  ) as (client_data, worker_pid):
+    series = _run_rounds(
+      worker_pid, config, aggregator, client_data, rounds, seed
     )
-    runtime = local.LocalRuntime(
-      default_num_clients=clients,
-      max_concurrent_computation_calls=worker_max_concurrent_calls,
-    )
-    with contextlib.ExitStack() as stack:
-      # Only the worker sees the thread variables.
-      with federated_setup.worker_threads(worker_intra, worker_inter):
-        stack.enter_context(runtime)
-      series = _run_rounds(
-        runtime.worker_pid, config, aggregator, client_data, rounds, seed
-      )
-  finally:
-    shutil.rmtree(work_dir, ignore_errors=True)
 
-  threading = tf.config.threading
   return {
     'benchmark': 'memory_rounds',
     'config': {
@@ -249,12 +153,7 @@ def run_benchmark(
       'tensorflow_federated': tff.__version__,
       'cpu_count': os.cpu_count(),
       'cpu': machine.cpu_model(),
-      'intra_op_threads': threading.get_intra_op_parallelism_threads(),
-      'inter_op_threads': threading.get_inter_op_parallelism_threads(),
-      'worker_intra_op_threads': worker_intra or 'TF default (one per core)',
-      'worker_inter_op_threads': worker_inter or 'TF default (one per core)',
-      'worker_max_concurrent_calls': worker_max_concurrent_calls,
-      'malloc_arena_max': worker_lib.worker_environment()['MALLOC_ARENA_MAX'],
+      **federated_setup.thread_config(**threads),
       'data_dir': data_dir or 'synthetic (temporary)',
       'clients': clients,
       'cases_per_client': None if data_dir else cases_per_client,

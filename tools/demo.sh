@@ -31,6 +31,10 @@ echo "== 2/4 per-institution TFRecord shards + manifest"
   --partition=brats18_institutions --validation_fraction=0.2 --seed=0
 
 echo "== 3/4 federated training with the sparse vector technique"
+# Training crops; validation and prediction slide windows of the same size
+# (the group normalisation sees a window's statistics, so larger windows
+# than the training crops score lower).
+crop=48,48,48
 train_flags=(
   --data_dir="$out/prepared"
   --root_output_dir="$out/runs"
@@ -38,7 +42,7 @@ train_flags=(
   --total_rounds=24
   --client_epochs_per_round=1
   --client_learning_rate=1e-3
-  --crop_size=48,48,48
+  --crop_size=$crop
   --crops_per_case=2
   --privacy_mechanism=sparse_vector
   --shared_fraction=1.0
@@ -65,7 +69,7 @@ print(case_id, os.path.dirname(m["cases"][case_id]["source_files"]["t1"]))' \
   "$out/prepared/manifest.json")
 if [[ ! -f "$out/predictions/$case_id.nii.gz" ]]; then
   "$python" -m experiments.predict --model="$run/exported_model" \
-    --case_dir="$case_dir" --output_dir="$out/predictions"
+    --case_dir="$case_dir" --output_dir="$out/predictions" --window=$crop
 fi
 
 echo

@@ -8,6 +8,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -86,12 +87,19 @@ def _assert_no_worker_children():
 # ------------------------------------------------------------ outputs ----
 
 
-def test_sparse_vector_run_writes_every_output(data_dir, tmp_path):
-  run_dir = str(tmp_path / 'run')
+@pytest.fixture(scope='module')
+def svt_run(data_dir, tmp_path_factory):
+  """One 2-round SVT run shared by the tests that only read or copy it."""
+  run_dir = str(tmp_path_factory.mktemp('svt') / 'run')
   summary = federated.train_federated(
     _config(data_dir, eval_per_institution=True), run_dir, progress=False
   )
   _assert_no_worker_children()
+  return run_dir, summary
+
+
+def test_sparse_vector_run_writes_every_output(svt_run):
+  run_dir, summary = svt_run
   assert sorted(os.listdir(run_dir)) == sorted(
     [
       'best_model',
@@ -224,26 +232,35 @@ def test_resume_continues_exactly(data_dir, tmp_path):
   assert without_seconds(_rows(straight)) == without_seconds(_rows(split))
 
 
-def test_resume_refuses_changed_hyper_parameters(data_dir, tmp_path):
+def test_resume_refuses_changed_hyper_parameters(data_dir, svt_run, tmp_path):
   run_dir = str(tmp_path / 'run')
-  federated.train_federated(
-    _config(data_dir, total_rounds=1), run_dir, progress=False
-  )
+  shutil.copytree(svt_run[0], run_dir)
+  before = _rows(run_dir)
   with pytest.raises(ValueError, match=r'client_learning_rate: saved 0.001'):
     federated.train_federated(
-      _config(data_dir, total_rounds=2, client_learning_rate=0.01),
+      _config(
+        data_dir,
+        total_rounds=3,
+        eval_per_institution=True,
+        client_learning_rate=0.01,
+      ),
       run_dir,
       resume=True,
       progress=False,
     )
   with pytest.raises(ValueError, match=r'run_dir must be new or empty'):
     federated.train_federated(
-      _config(data_dir, total_rounds=1), run_dir, progress=False
+      _config(data_dir, eval_per_institution=True), run_dir, progress=False
     )
   _assert_no_worker_children()
+  # Nothing of the run was touched.
+  assert _rows(run_dir) == before
+  assert sorted(os.listdir(run_dir)) == sorted(os.listdir(svt_run[0]))
 
 
 def _binary_flags(data_dir, root, total_rounds):
+  # Ten local epochs make a round last seconds (40 steps), not a fraction
+  # of one, so a signal sent once a round has started lands inside it.
   return [
     f'--data_dir={data_dir}',
     f'--root_output_dir={root}',
@@ -251,6 +268,7 @@ def _binary_flags(data_dir, root, total_rounds):
     f'--total_rounds={total_rounds}',
     '--crop_size=16,16,16',
     '--init_filters=8',
+    '--client_epochs_per_round=10',
     '--tumour_crop_probability=1',
     '--rounds_per_eval=1',
     '--num_overlay_cases=0',
@@ -313,7 +331,7 @@ def test_sigkill_mid_round_then_resume_keeps_a_consistent_ledger(
       timeout=600,
       what='round 2 to start',
     )
-    time.sleep(1.0)
+    time.sleep(0.5)
     child.send_signal(signal.SIGKILL)
     child.wait(timeout=30)
   finally:

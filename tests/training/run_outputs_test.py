@@ -3,7 +3,9 @@
 import json
 import os
 
+import numpy as np
 import pytest
+import tensorflow as tf
 
 from tff_brats.training import run_outputs
 
@@ -53,3 +55,42 @@ def test_metrics_csv_columns_are_fixed(tmp_path):
     ValueError, match=r"row columns must match .*\['epoch', 'dice'\]"
   ):
     metrics.append({'epoch': 2, 'dice': 0.5})
+
+
+def _events(log_dir):
+  scalars, images = {}, {}
+  for path in tf.io.gfile.glob(os.path.join(log_dir, 'events*')):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for value in event.summary.value:
+        tensor = tf.make_ndarray(value.tensor)
+        if value.metadata.plugin_data.plugin_name == 'images':
+          images[(value.tag, event.step)] = tensor
+        else:
+          scalars[(value.tag, event.step)] = float(tensor)
+  return scalars, images
+
+
+def test_write_summaries_writes_finite_numbers_and_overlays(tmp_path):
+  writer = tf.summary.create_file_writer(str(tmp_path))
+  row = {
+    'round': 3,
+    'train_loss': 0.25,
+    'steps': 4,
+    'val_dice_mean': '',  # not evaluated this round
+    'epsilon_worst': float('inf'),
+    'val_hd95_WT': float('nan'),
+    'client_ids': 'a b',
+  }
+  rng = np.random.default_rng(0)
+  image = rng.normal(size=(8, 8, 8, 4)).astype(np.float32)
+  truth = np.zeros((8, 8, 8, 3), bool)
+  truth[2:5, 2:5, 2:5] = True
+  examples = [('case_1', image, truth, truth)]
+  run_outputs.write_summaries(writer, 3, row, examples, step_key='round')
+  scalars, images = _events(str(tmp_path))
+  assert scalars == {('train_loss', 3): 0.25, ('steps', 3): 4.0}
+  ((tag, step),) = images
+  assert (tag, step) == ('validation/case_1', 3)
+  # An image summary is [width, height, encoded PNG].
+  encoded = images[(tag, step)][2]
+  assert encoded.startswith(b'\x89PNG')

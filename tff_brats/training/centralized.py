@@ -40,7 +40,6 @@ import tqdm
 from tff_brats.data import manifest as manifest_lib
 from tff_brats.data import pipeline
 from tff_brats.evaluation import evaluate
-from tff_brats.evaluation import figures
 from tff_brats.inference import predict
 from tff_brats.models import losses
 from tff_brats.models import metrics as metrics_lib
@@ -228,7 +227,13 @@ def train_centralized(
     else:
       row.update(run_outputs.validation_columns(None))
     row['seconds'] = round(time.monotonic() - started, 2)
-    _write_summaries(writer, current, row, evaluated)
+    run_outputs.write_summaries(
+      writer,
+      current,
+      row,
+      evaluated.examples if evaluated is not None else (),
+      step_key='epoch',
+    )
     csv_file.append(row)
     epoch.assign(current)
     manager.save(checkpoint_number=current)
@@ -317,15 +322,3 @@ def _train_epoch(train_step, prepared, config, epoch, train_metrics, progress):
 
 def _epoch_seed(seed: int, epoch: int) -> int:
   return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
-
-
-def _write_summaries(writer, epoch, row, result) -> None:
-  with writer.as_default(step=epoch):
-    for key, value in row.items():
-      if key != 'epoch' and isinstance(value, int | float):
-        tf.summary.scalar(key, value)
-    if result is not None:
-      for case_id, image, truth, prediction in result.examples:
-        panels = figures.case_panels(image, truth, prediction)
-        tf.summary.image(f'validation/{case_id}', panels[np.newaxis])
-  writer.flush()

@@ -74,7 +74,6 @@ from tff_brats.aggregators import factories
 from tff_brats.data import manifest as manifest_lib
 from tff_brats.data import pipeline
 from tff_brats.evaluation import evaluate
-from tff_brats.evaluation import figures
 from tff_brats.inference import export
 from tff_brats.inference import predict
 from tff_brats.learning import client_training
@@ -599,7 +598,13 @@ class _Trainer:
       if config.eval_per_institution:
         row.update({f'inst_{c}_dice_mean': '' for c in self.client_ids})
     row['seconds'] = round(time.monotonic() - started, 2)
-    _write_summaries(self.writer, round_num, row, evaluated)
+    run_outputs.write_summaries(
+      self.writer,
+      round_num,
+      row,
+      evaluated.examples if evaluated is not None else (),
+      step_key='round',
+    )
     self.csv.append(row)
     if round_num % config.rounds_per_checkpoint == 0 or last:
       asyncio.run(self.manager.save(self._program_state(), round_num))
@@ -803,22 +808,6 @@ def _count_text(value) -> str:
 
 def _finite_or_none(values: dict[str, float]) -> dict[str, float | None]:
   return {k: (v if math.isfinite(v) else None) for k, v in values.items()}
-
-
-def _write_summaries(writer, round_num, row, result) -> None:
-  with writer.as_default(step=round_num):
-    for key, value in row.items():
-      if (
-        key != 'round'
-        and isinstance(value, int | float)
-        and math.isfinite(value)
-      ):
-        tf.summary.scalar(key, value)
-    if result is not None:
-      for case_id, image, truth, prediction in result.examples:
-        panels = figures.case_panels(image, truth, prediction)
-        tf.summary.image(f'validation/{case_id}', panels[np.newaxis])
-  writer.flush()
 
 
 def write_learning_curves(

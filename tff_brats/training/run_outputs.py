@@ -1,4 +1,4 @@
-"""Files every training run writes: hyper-parameters and a metrics CSV.
+"""Files every training run writes: hyper-parameters, metrics CSV, TensorBoard.
 
 A run folder holds `hparams.json` (the arguments the run was started with)
 next to `metrics.csv` (one row per evaluated step), so every number can be
@@ -6,7 +6,8 @@ traced to the settings that produced it. On `--resume` the saved
 hyper-parameters must match the new ones (a resumed run with other settings
 would produce numbers that belong to neither), and the CSV is cut back to
 the restored checkpoint, so a crash between a CSV write and a checkpoint
-never duplicates or loses a row.
+never duplicates or loses a row. `write_summaries` writes a row's numbers
+(and validation overlays) to TensorBoard.
 """
 
 from __future__ import annotations
@@ -16,10 +17,15 @@ from collections.abc import Sequence
 import csv
 import io
 import json
+import math
 import os
 from typing import Any
 
+import numpy as np
+import tensorflow as tf
+
 from tff_brats.data import layouts
+from tff_brats.evaluation import figures
 from tff_brats.utils import atomic
 
 HPARAMS_NAME = 'hparams.json'
@@ -151,6 +157,35 @@ class MetricsCsv:
     writer.writeheader()
     writer.writerows(rows)
     atomic.write_text(self.path, buffer.getvalue())
+
+
+def write_summaries(
+  writer: tf.summary.SummaryWriter,
+  step: int,
+  row: Mapping[str, Any],
+  examples: Sequence[tuple[str, Any, Any, Any]] = (),
+  *,
+  step_key: str,
+) -> None:
+  """Writes a metrics row to TensorBoard at `step`, then flushes.
+
+  Every finite number of `row` but `row[step_key]` becomes a scalar named by
+  its column (blank cells, text and NaN/inf are skipped: the CSV keeps
+  them); every `(case_id, image, truth, prediction)` of `examples` an image
+  `validation/<case_id>` of `figures.case_panels`.
+  """
+  with writer.as_default(step=step):
+    for key, value in row.items():
+      if (
+        key != step_key
+        and isinstance(value, int | float)
+        and math.isfinite(value)
+      ):
+        tf.summary.scalar(key, value)
+    for case_id, image, truth, prediction in examples:
+      panels = figures.case_panels(image, truth, prediction)
+      tf.summary.image(f'validation/{case_id}', panels[np.newaxis])
+  writer.flush()
 
 
 def _format(value: Any) -> str:
