@@ -206,7 +206,6 @@ def run_benchmark(
     cases_per_client=cases_per_client,
     volume_size=volume_size,
     seed=seed,
-    progress=_progress,
     **threads,
   ) as (client_data, worker_pid):
     measured = _measure(
@@ -290,7 +289,7 @@ def _measure(
   seed,
 ):
   """Builds both sides, then runs and times their rounds alternately."""
-  _progress('building the learning process')
+  machine.progress('building the learning process')
   started = time.perf_counter()
   process = fed_avg.build_fed_avg_process(config, aggregator)
   build_seconds = time.perf_counter() - started
@@ -325,7 +324,7 @@ def _measure(
       sample = _timed(lambda c=call, r=round_num: c(r), worker_pid)
       if timed:
         samples[side].append(sample)
-      _progress(
+      machine.progress(
         f'round {round_num} {side}{"" if timed else " (warmup)"}: '
         f'{sample.wall:.2f} s, {sample.result["steps"]:.0f} steps, loss sum '
         f'{sample.result["loss_sum"]:.4f}'
@@ -350,7 +349,7 @@ def _measure(
     },
   }
   if breakdown_calls:
-    _progress('breakdown: state round trip')
+    machine.progress('breakdown: state round trip')
     trips = [
       _timed(lambda: process.get_model_weights(state), worker_pid)
       for _ in range(breakdown_calls + 1)
@@ -491,10 +490,6 @@ def _summary(samples: list[_Sample]) -> dict[str, Any]:
     'worker_cpu_fraction': round(worker_share, 3),
     'other_cpu_fraction': round(max(background - worker_share, 0.0), 3),
   }
-
-
-def _progress(message: str) -> None:
-  print(message, file=sys.stderr, flush=True)
 
 
 if __name__ == '__main__':

@@ -164,7 +164,6 @@ def run_on_worker(
   worker_intra_op_threads: int,
   worker_inter_op_threads: int,
   worker_max_concurrent_calls: int,
-  progress,
 ) -> Iterator[tuple[list[tuple[str, list[str]]], int]]:
   """Sets threads, prepares the clients and starts the project's worker.
 
@@ -185,7 +184,7 @@ def run_on_worker(
   )
   work_dir = tempfile.mkdtemp(prefix='tff_brats-bench-')
   try:
-    progress('preparing data')
+    machine.progress('preparing data')
     client_data = prepare_clients(
       data_dir=data_dir,
       work_dir=work_dir,

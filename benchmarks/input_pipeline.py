@@ -32,6 +32,7 @@ from absl import flags
 import numpy as np
 import tensorflow as tf
 
+from benchmarks import machine
 from experiments import flag_types
 from tff_brats.data import manifest
 from tff_brats.data import pipeline
@@ -148,7 +149,7 @@ def run_benchmark(
     ]
     shard_paths = _write_shards(work_dir, cases)
     shard_bytes = sum(os.path.getsize(p) for p in shard_paths)
-    _progress(
+    machine.progress(
       f'wrote {num_cases} cases ({shard_bytes / 1e6:.0f} MB) in '
       f'{time.perf_counter() - started:.1f} s'
     )
@@ -190,7 +191,7 @@ def run_benchmark(
               'crops_per_second': round(crops / seconds, 3),
             }
           )
-          _progress(
+          machine.progress(
             f'{source:>9} crop {crop}³ x{per_case}/case: '
             f'{crops / seconds:.2f} crops/s'
           )
@@ -283,10 +284,6 @@ def _write_shards(
     for writer in writers:
       writer.close()
   return paths
-
-
-def _progress(message: str) -> None:
-  print(message, file=sys.stderr, flush=True)
 
 
 if __name__ == '__main__':

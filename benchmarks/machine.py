@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 import dataclasses
 import os
+import sys
 import time
 from typing import Any
 
@@ -130,3 +131,8 @@ def cpuinfo_field(name: str) -> str | None:
   except OSError:
     pass
   return None
+
+
+def progress(message: str) -> None:
+  """A progress line on stderr (stdout is kept for the benchmark's JSON)."""
+  print(message, file=sys.stderr, flush=True)

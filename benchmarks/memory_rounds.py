@@ -139,7 +139,6 @@ def run_benchmark(
     cases_per_client=cases_per_client,
     volume_size=volume_size,
     seed=seed,
-    progress=_progress,
     **threads,
   ) as (client_data, worker_pid):
     series = _run_rounds(
@@ -180,7 +179,7 @@ def run_benchmark(
 
 def _run_rounds(worker_pid, config, aggregator, client_data, rounds, seed):
   """Runs the rounds; returns per-round seconds, steps and /proc status."""
-  _progress('building the learning process')
+  machine.progress('building the learning process')
   process = fed_avg.build_fed_avg_process(config, aggregator)
   # After the process: Keras invalidates models built before others are
   # traced in a graph (see tff_brats/training/federated.py).
@@ -210,7 +209,7 @@ def _run_rounds(worker_pid, config, aggregator, client_data, rounds, seed):
     del output
     series['driver'].append(federated_setup.pid_status())
     series['worker'].append(federated_setup.pid_status(worker_pid))
-    _progress(
+    machine.progress(
       f'round {round_num}: {series["seconds"][-1]:.2f} s, driver RSS '
       f'{series["driver"][-1]["vmrss_mib"]} MiB, worker RSS '
       f'{series["worker"][-1]["vmrss_mib"]} MiB'
@@ -251,10 +250,6 @@ def _memory_summary(statuses, baseline_round):
     'slope_mib_per_round': round(float(slope), 3),
     'within_target': peak_growth <= TARGET_GROWTH_PERCENT,
   }
-
-
-def _progress(message: str) -> None:
-  print(message, file=sys.stderr, flush=True)
 
 
 if __name__ == '__main__':

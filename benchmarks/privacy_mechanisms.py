@@ -207,7 +207,7 @@ def run_benchmark(
     for mechanism in mode_configs:
       fraction = getattr(mechanism, 'shared_fraction', 1.0)
       label = f'{mode} {mechanism.name} q={fraction}'
-      _progress(f'{label}: tracing')
+      machine.progress(f'{label}: tracing')
       measure = _measure_tff if mode == 'tff' else _measure_tf_function
       measured = measure(mechanism, values, local_steps, warmup, repetitions)
       results.append(
@@ -218,7 +218,7 @@ def run_benchmark(
           **measured,
         }
       )
-      _progress(
+      machine.progress(
         f'{label}: median {measured["median_seconds"]:.4f} s, min '
         f'{measured["min_seconds"]:.4f} s (background CPU '
         f'{measured["background_cpu_fraction"]:.0%})'
@@ -328,10 +328,6 @@ def _timed(call, warmup, repetitions):
     'released': int(report['released']),
     'passed': int(report['passed']),
   }
-
-
-def _progress(message: str) -> None:
-  print(message, file=sys.stderr, flush=True)
 
 
 if __name__ == '__main__':

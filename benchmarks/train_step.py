@@ -139,7 +139,7 @@ def run_benchmark(
   parameters = None
   for precision in precisions:
     for size in sizes:
-      _progress(f'{precision} {size}³: building')
+      machine.progress(f'{precision} {size}³: building')
       measured = _measure(
         precision=precision,
         size=size,
@@ -152,7 +152,7 @@ def run_benchmark(
       )
       parameters = measured.pop('parameters')
       results.append(measured)
-      _progress(
+      machine.progress(
         f'{precision} {size}³: median {measured["median_seconds"]:.3f} s, '
         f'min {measured["min_seconds"]:.3f} s per step (background CPU '
         f'{measured["background_cpu_fraction"]:.0%})'
@@ -271,10 +271,6 @@ def _conv_gflop_per_step(
     macs += blocks * 2 * voxels[level] * 27 * width[level] ** 2
   macs += voxels[0] * f * model.out_channels
   return 2 * (3 * macs - first) / 1e9
-
-
-def _progress(message: str) -> None:
-  print(message, file=sys.stderr, flush=True)
 
 
 if __name__ == '__main__':

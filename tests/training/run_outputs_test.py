@@ -2,6 +2,7 @@
 
 import json
 import os
+import types
 
 import numpy as np
 import pytest
@@ -85,8 +86,8 @@ def test_write_summaries_writes_finite_numbers_and_overlays(tmp_path):
   image = rng.normal(size=(8, 8, 8, 4)).astype(np.float32)
   truth = np.zeros((8, 8, 8, 3), bool)
   truth[2:5, 2:5, 2:5] = True
-  examples = [('case_1', image, truth, truth)]
-  run_outputs.write_summaries(writer, 3, row, examples, step_key='round')
+  evaluation = types.SimpleNamespace(examples=[('case_1', image, truth, truth)])
+  run_outputs.write_summaries(writer, 3, row, evaluation, step_key='round')
   scalars, images = _events(str(tmp_path))
   assert scalars == {('train_loss', 3): 0.25, ('steps', 3): 4.0}
   ((tag, step),) = images

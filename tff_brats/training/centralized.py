@@ -231,7 +231,7 @@ def train_centralized(
       writer,
       current,
       row,
-      evaluated.examples if evaluated is not None else (),
+      evaluated,
       step_key='epoch',
     )
     csv_file.append(row)

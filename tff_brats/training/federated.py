@@ -602,7 +602,7 @@ class _Trainer:
       self.writer,
       round_num,
       row,
-      evaluated.examples if evaluated is not None else (),
+      evaluated,
       step_key='round',
     )
     self.csv.append(row)

@@ -163,7 +163,7 @@ def write_summaries(
   writer: tf.summary.SummaryWriter,
   step: int,
   row: Mapping[str, Any],
-  examples: Sequence[tuple[str, Any, Any, Any]] = (),
+  evaluation: Any | None,
   *,
   step_key: str,
 ) -> None:
@@ -171,7 +171,8 @@ def write_summaries(
 
   Every finite number of `row` but `row[step_key]` becomes a scalar named by
   its column (blank cells, text and NaN/inf are skipped: the CSV keeps
-  them); every `(case_id, image, truth, prediction)` of `examples` an image
+  them); every `(case_id, image, truth, prediction)` of an
+  `evaluate.Evaluation`'s `examples` (None: not evaluated) an image
   `validation/<case_id>` of `figures.case_panels`.
   """
   with writer.as_default(step=step):
@@ -182,6 +183,7 @@ def write_summaries(
         and math.isfinite(value)
       ):
         tf.summary.scalar(key, value)
+    examples = () if evaluation is None else evaluation.examples
     for case_id, image, truth, prediction in examples:
       panels = figures.case_panels(image, truth, prediction)
       tf.summary.image(f'validation/{case_id}', panels[np.newaxis])
