@@ -121,3 +121,66 @@ def test_write_text_failure_keeps_old_and_leaves_no_temp(tmp_path, monkeypatch):
   monkeypatch.undo()
   assert path.read_text() == 'old'
   assert _listing(tmp_path) == ['f.json']
+
+
+def test_staged_file_publishes_on_success_keeping_the_extension(tmp_path):
+  final = tmp_path / 'case.nii.gz'
+  with atomic.staged_file(str(final)) as tmp:
+    name = os.path.basename(tmp)
+    assert name.startswith('.case.tmp-') and name.endswith('.nii.gz')
+    assert os.path.dirname(tmp) == str(tmp_path)
+    with open(tmp, 'w') as f:
+      f.write('labels')
+    assert not final.exists()  # nothing under the final name while writing
+  assert final.read_text() == 'labels'
+  assert _listing(tmp_path) == ['case.nii.gz']
+
+
+@pytest.mark.parametrize('error', [RuntimeError, KeyboardInterrupt])
+def test_staged_file_keeps_the_old_file_on_error(tmp_path, error):
+  final = tmp_path / 'a.png'
+  final.write_text('old')
+  with pytest.raises(error):
+    with atomic.staged_file(str(final)) as tmp:
+      with open(tmp, 'w') as f:
+        f.write('half')
+      raise error
+  assert final.read_text() == 'old'
+  assert _listing(tmp_path) == ['a.png']
+
+
+def test_staged_file_without_replace_refuses_an_existing_file(tmp_path):
+  final = tmp_path / 'a.csv'
+  final.write_text('old')
+  with pytest.raises(FileExistsError, match='a.csv exists'):
+    with atomic.staged_file(str(final), replace=False):
+      pass
+  assert final.read_text() == 'old'
+
+
+def test_staged_file_keeps_a_file_that_appeared_while_writing(tmp_path):
+  final = tmp_path / 'a.csv'
+  with pytest.raises(FileExistsError):
+    with atomic.staged_file(str(final), replace=False) as tmp:
+      with open(tmp, 'w') as f:
+        f.write('ours')
+      final.write_text('theirs')
+  assert final.read_text() == 'theirs'
+  assert _listing(tmp_path) == ['a.csv']
+
+
+def test_staged_file_refuses_a_folder(tmp_path):
+  with pytest.raises(IsADirectoryError, match='is a folder'):
+    with atomic.staged_file(str(tmp_path)):
+      pass
+
+
+def test_write_text_without_replace_keeps_the_file(tmp_path):
+  path = tmp_path / 'summary.json'
+  atomic.write_text(str(path), 'one\n')
+  atomic.write_text(str(path), 'two\n')
+  assert path.read_text() == 'two\n'
+  assert _listing(tmp_path) == ['summary.json']
+  with pytest.raises(FileExistsError):
+    atomic.write_text(str(path), 'three\n', replace=False)
+  assert path.read_text() == 'two\n'

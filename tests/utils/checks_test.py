@@ -44,3 +44,61 @@ def test_check_non_negative_int():
     checks.check_non_negative_int('seed', -1)
   with pytest.raises(ValueError, match='Found 1.5.'):
     checks.check_non_negative_int('seed', 1.5)
+
+
+def test_check_positive_number():
+  checks.check_positive_number('lr', 1e-4)
+  for bad in (0, -1.0, float('inf'), float('nan'), True, '1'):
+    with pytest.raises(
+      ValueError, match=f'^lr must be a positive number. Found {bad!r}.$'
+    ):
+      checks.check_positive_number('lr', bad)
+
+
+def test_check_non_negative_number():
+  checks.check_non_negative_number('tau', 0.0)
+  checks.check_non_negative_number('tau', np.float32(2.5))
+  for bad in (-1e-9, float('inf'), float('nan'), False, None):
+    with pytest.raises(
+      ValueError, match=f'^tau must be a non-negative number. Found {bad!r}.$'
+    ):
+      checks.check_non_negative_number('tau', bad)
+
+
+def test_check_fraction():
+  for good in (1e-9, 0.5, 1, np.float64(1.0)):
+    checks.check_fraction('q', good)
+  for bad in (0, 1.0000001, -0.5, float('nan'), True, '0.5'):
+    with pytest.raises(ValueError, match=r'^q must be in \(0, 1\]. Found '):
+      checks.check_fraction('q', bad)
+
+
+def test_check_probability():
+  for good in (0, 0.25, 1):
+    checks.check_probability('p', good)
+  for bad in (-0.01, 1.01, float('nan'), None):
+    with pytest.raises(
+      ValueError, match=rf'^p must be in \[0, 1\]. Found {bad!r}.$'
+    ):
+      checks.check_probability('p', bad)
+
+
+def test_check_bool():
+  checks.check_bool('flag', True)
+  checks.check_bool('flag', np.bool_(False))
+  for bad in (0, 1, 'true', None):
+    with pytest.raises(
+      ValueError, match=f'^flag must be a bool. Found {bad!r}.$'
+    ):
+      checks.check_bool('flag', bad)
+
+
+def test_check_one_of():
+  checks.check_one_of('loss', 'dice', ('dice', 'dice_bce'))
+  with pytest.raises(
+    ValueError, match="^loss must be one of dice, dice_bce. Found 'bce'.$"
+  ):
+    checks.check_one_of('loss', 'bce', ('dice', 'dice_bce'))
+  # True == 1, but a bool is never a choice among numbers.
+  with pytest.raises(ValueError, match='Found True.'):
+    checks.check_one_of('k', True, (1, 2))
