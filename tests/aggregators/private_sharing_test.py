@@ -8,14 +8,14 @@ import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tff_brats import mechanisms
 from tff_brats.aggregators import private_sharing
-from tff_brats.privacy import mechanisms
 from tff_brats.runtime import local
 
 VALUE = tff.TensorType(np.float32, [2])
 WEIGHT = tff.TensorType(np.float32)
 
-SVT = mechanisms.SparseVectorTechnique(
+SVT = mechanisms.SparseVector(
   shared_fraction=0.5,
   clip_bound=1.0,
   selection_epsilon=1.0,
@@ -213,8 +213,11 @@ class TestTypeSignatures:
 
 class TestArguments:
   def test_mechanism_type(self):
-    with pytest.raises(TypeError, match='mechanism must be one of'):
+    with pytest.raises(TypeError, match='mechanism must be a client-side'):
       private_sharing.PrivateSharingFactory('sparse_vector')
+    # TFF's Gaussian aggregator runs at the server, not at the clients.
+    with pytest.raises(TypeError, match='Found Gaussian.'):
+      private_sharing.PrivateSharingFactory(mechanisms.Gaussian(1.0))
 
   def test_inner_factory_weightedness(self):
     with pytest.raises(TypeError, match='WeightedAggregationFactory'):
@@ -236,7 +239,9 @@ class TestArguments:
 
   @pytest.mark.parametrize('seed', [-1, 1.5, True])
   def test_noise_seed(self, seed):
-    with pytest.raises(ValueError, match='noise_seed must be None or a non'):
+    with pytest.raises(
+      ValueError, match='^noise_seed must be a non-negative integer. Found'
+    ):
       private_sharing.PrivateSharingFactory(SVT, noise_seed=seed)
 
 
@@ -317,7 +322,7 @@ class TestExecution:
     # skipped it (about 2^-8) or released the same clipped value; the
     # expected number of non-zero spreads is ~63.7 of 64, and 48 or more
     # zeros (the failure below) has odds far below 1e-30.
-    mechanism = mechanisms.SparseVectorTechnique(
+    mechanism = mechanisms.SparseVector(
       shared_fraction=0.5,
       clip_bound=1.0,
       selection_epsilon=1.0,

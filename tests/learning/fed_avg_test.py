@@ -15,7 +15,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tests import testing_utils
-from tff_brats.aggregators import factories
+from tff_brats import mechanisms
 from tff_brats.learning import client_training
 from tff_brats.learning import fed_avg
 from tff_brats.models import segresnet
@@ -56,7 +56,7 @@ def fed_avg_process():
   """Plain FedAvg: no privacy, server SGD with learning rate 1."""
   return fed_avg.build_fed_avg_process(
     CONFIG,
-    factories.build_model_aggregator('none'),
+    mechanisms.NoPrivacy().aggregation_factory(),
     server_optimizer='sgd',
     server_learning_rate=1.0,
   )
@@ -466,13 +466,12 @@ class TestExecution:
     gamma, fraction = 1e-3, 0.1
     process = fed_avg.build_fed_avg_process(
       CONFIG,
-      factories.build_model_aggregator(
-        'sparse_vector',
+      mechanisms.SparseVector(
         shared_fraction=fraction,
         clip_bound=gamma,
         selection_epsilon=1.0,
         release_epsilon=1.0,
-      ),
+      ).aggregation_factory(),
     )
     state = process.initialize()
     initial = [

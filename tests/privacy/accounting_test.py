@@ -37,7 +37,6 @@ Golden values and their provenance:
 
 import json
 import math
-import types
 
 import dp_accounting
 from dp_accounting.pld import common
@@ -47,6 +46,7 @@ import pytest
 from scipy import special
 
 from tff_brats.privacy import accounting
+from tff_brats.privacy import events
 
 # dp_accounting's Gaussian PLDs call scipy 1.9's distributions, which use a
 # numpy function deprecated in numpy 1.25; not ours to fix.
@@ -60,7 +60,22 @@ Ledger = accounting.PrivacyLedger
 
 
 def _svt(epsilon):
-  return Record(accounting.SPARSE_VECTOR, epsilon=epsilon, delta=0.0)
+  return Record('sparse_vector', events.EpsilonDeltaDpEvent(epsilon, 0.0))
+
+
+def _approx(epsilon, delta):
+  return Record('sparse_vector', events.EpsilonDeltaDpEvent(epsilon, delta))
+
+
+def _gauss(event_or_noise_multiplier):
+  event = event_or_noise_multiplier
+  if not isinstance(event, dp_accounting.DpEvent):
+    event = dp_accounting.GaussianDpEvent(event)
+  return Record('gaussian', event)
+
+
+def _none(mechanism='none'):
+  return Record(mechanism, dp_accounting.NonPrivateDpEvent())
 
 
 # ------------------------------------------------- independent references --
@@ -198,7 +213,7 @@ def test_single_round_closed_form():
 def test_pld_matches_dp_accounting_directly():
   # dp_accounting's own from_privacy_parameters on the record's grid (h =
   # ε), with δ > 0 per round.
-  record = Record(accounting.SPARSE_VECTOR, epsilon=0.5, delta=1e-7)
+  record = _approx(0.5, 1e-7)
   pld = privacy_loss_distribution.from_privacy_parameters(
     common.DifferentialPrivacyParameters(0.5, 1e-7),
     value_discretization_interval=0.5,
@@ -276,14 +291,14 @@ def test_delta_zero_is_the_sum_for_pure_rounds():
     assert accounting.compose_epsilon(
       history, delta=0, method=method
     ) == pytest.approx(0.8)
-  gauss = [(Record.gaussian(1.0), 1)]
+  gauss = [(_gauss(1.0), 1)]
   assert accounting.compose_epsilon(gauss, delta=0) == math.inf
-  approx = [(Record(accounting.SPARSE_VECTOR, epsilon=1.0, delta=1e-9), 1)]
+  approx = [(_approx(1.0, 1e-9), 1)]
   assert accounting.compose_epsilon(approx, delta=0) == math.inf
 
 
 def test_sum_method_adds_deltas():
-  record = Record(accounting.SPARSE_VECTOR, epsilon=0.5, delta=1e-6)
+  record = _approx(0.5, 1e-6)
   assert accounting.compose_epsilon(
     [(record, 10)], delta=1e-5, method='sum'
   ) == pytest.approx(5.0)
@@ -321,8 +336,8 @@ def test_hundreds_of_rounds_are_consistent():
 )
 def test_gaussian_matches_tensorflow_privacy_golden(method, expected):
   ledger = Ledger()
-  ledger.record_round(0, ['a'], Record.gaussian(0.7))
-  ledger.record_round(1, ['a'], Record.gaussian(0.7))
+  ledger.record_round(0, ['a'], _gauss(0.7))
+  ledger.record_round(1, ['a'], _gauss(0.7))
   assert ledger.epsilon('a', delta=_DELTA, method=method) == pytest.approx(
     expected, abs=1e-7
   )
@@ -338,7 +353,7 @@ def test_poisson_sampled_gaussian_matches_tensorflow_privacy_golden(
     0.01, dp_accounting.GaussianDpEvent(0.7)
   )
   got = accounting.compose_epsilon(
-    [(Record.gaussian(event), 120)], delta=_DELTA, method=method
+    [(_gauss(event), 120)], delta=_DELTA, method=method
   )
   assert got == pytest.approx(expected, abs=1e-7)
 
@@ -346,7 +361,7 @@ def test_poisson_sampled_gaussian_matches_tensorflow_privacy_golden(
 @pytest.mark.parametrize('z, k', [(0.7, 2), (1.0, 10), (5.0, 100)])
 def test_gaussian_against_the_exact_gaussian_mechanism(z, k):
   exact = _gaussian_epsilon(z, k, _DELTA)
-  history = [(Record.gaussian(z), k)]
+  history = [(_gauss(z), k)]
   pld = accounting.compose_epsilon(history, delta=_DELTA, method='pld')
   rdp = accounting.compose_epsilon(history, delta=_DELTA, method='rdp')
   assert exact - 1e-9 <= pld <= exact + 1e-3
@@ -356,7 +371,7 @@ def test_gaussian_against_the_exact_gaussian_mechanism(z, k):
 
 
 def test_gaussian_and_svt_rounds_compose_into_one_pld():
-  svt, gauss = _svt(0.5), Record.gaussian(2.0)
+  svt, gauss = _svt(0.5), _gauss(2.0)
   both = accounting.compose_epsilon([(svt, 20), (gauss, 10)], delta=_DELTA)
   only_svt = accounting.compose_epsilon([(svt, 20)], delta=_DELTA)
   only_gauss = accounting.compose_epsilon([(gauss, 10)], delta=_DELTA)
@@ -369,8 +384,8 @@ def test_gaussian_and_svt_rounds_compose_into_one_pld():
 
 def test_gaussian_without_noise_or_non_private_event_is_infinite():
   for record in (
-    Record.gaussian(0.0),
-    Record.gaussian(dp_accounting.NonPrivateDpEvent()),
+    _gauss(0.0),
+    _gauss(dp_accounting.NonPrivateDpEvent()),
   ):
     for method in accounting.METHODS:
       assert (
@@ -381,10 +396,10 @@ def test_gaussian_without_noise_or_non_private_event_is_infinite():
 
 def test_gaussian_record_normalises_numpy_numbers():
   # TFF hands events back with numpy scalars.
-  record = Record.gaussian(dp_accounting.GaussianDpEvent(np.float64(0.7)))
-  assert record == Record.gaussian(0.7)
+  record = _gauss(dp_accounting.GaussianDpEvent(np.float64(0.7)))
+  assert record == _gauss(0.7)
   assert type(record.dp_event.noise_multiplier) is float
-  assert Record.gaussian(np.float32(0.5)).dp_event.noise_multiplier == 0.5
+  assert _gauss(np.float32(0.5)).dp_event.noise_multiplier == 0.5
 
 
 # -------------------------------------------------------- no guarantee ----
@@ -395,7 +410,7 @@ def test_no_guarantee_round_is_never_finite(mechanism):
   ledger = Ledger()
   for round_num in range(5):
     ledger.record_round(round_num, ['a', 'b'], _svt(0.1))
-  ledger.record_round(5, ['b'], Record.no_guarantee(mechanism))
+  ledger.record_round(5, ['b'], _none(mechanism))
   for method in accounting.METHODS:
     assert math.isfinite(ledger.epsilon('a', delta=_DELTA, method=method))
     assert ledger.epsilon('b', delta=_DELTA, method=method) == math.inf
@@ -404,35 +419,38 @@ def test_no_guarantee_round_is_never_finite(mechanism):
   assert ledger.would_exceed(['a', 'b'], _svt(0.1), 1e6, _DELTA) == ['b']
 
 
-def test_record_from_aggregator_state():
-  # The private-sharing aggregator's state: epsilon (float64, inf without a
-  # claim) and delta.
-  record = Record.from_epsilon_delta(
-    'sparse_vector', np.float64(0.3), np.float64(0.0)
+def test_record_numbers_are_normalised_and_keys_canonical():
+  # TFF hands events back with numpy scalars.
+  record = Record(
+    'sparse_vector', events.EpsilonDeltaDpEvent(np.float64(0.3), np.float64(0))
   )
-  assert (record.mechanism, record.epsilon, record.delta) == (
-    'sparse_vector',
-    0.3,
-    0.0,
+  assert (record.epsilon, record.delta) == (0.3, 0.0)
+  assert type(record.dp_event.epsilon) is float
+  assert record == _svt(0.3)
+  assert record.key == (
+    '{"dp_event": {"class_name": "EpsilonDeltaDpEvent", "delta": 0.0, '
+    '"epsilon": 0.3}, "mechanism": "sparse_vector"}'
   )
-  assert type(record.epsilon) is float
-  none = Record.from_epsilon_delta('selective_sharing', np.float64(np.inf))
-  assert not none.has_guarantee
+  # The label is part of the record; the accountant never reads it.
+  assert Record('svt', record.dp_event) != record
+  noop = Record('idle', dp_accounting.NoOpDpEvent())
+  assert noop.has_guarantee and (noop.epsilon, noop.delta) == (0.0, 0.0)
+  assert accounting.compose_epsilon([(noop, 3)], delta=_DELTA) == 0.0
 
 
-def test_record_for_mechanism():
-  # Duck-typed on tff_brats.privacy.mechanisms' `name` and
-  # `epsilon_per_round` (planning_test.py checks the real classes).
-  svt = types.SimpleNamespace(name='sparse_vector', epsilon_per_round=0.3)
-  assert Record.for_mechanism(svt) == _svt(0.3)
-  sharing = types.SimpleNamespace(
-    name='selective_sharing', epsilon_per_round=math.inf
-  )
-  assert Record.for_mechanism(sharing) == Record.no_guarantee(
-    'selective_sharing'
-  )
-  with pytest.raises(ValueError, match='mechanism must be a tff_brats'):
-    Record.for_mechanism(object())
+def test_version_1_records_are_read():
+  # Ledger format 1 stored the client-side rounds as (ε, δ) pairs.
+  assert Record.from_dict(
+    {'mechanism': 'sparse_vector', 'epsilon': 0.2, 'delta': 0.0}
+  ) == _svt(0.2)
+  assert Record.from_dict(
+    {'mechanism': 'selective_sharing', 'epsilon': 'inf', 'delta': 0.0}
+  ) == _none('selective_sharing')
+  gauss = {
+    'mechanism': 'gaussian',
+    'dp_event': {'class_name': 'GaussianDpEvent', 'noise_multiplier': 4.0},
+  }
+  assert Record.from_dict(gauss) == _gauss(4.0)
 
 
 # -------------------------------------------------------------- ledger ----
@@ -510,13 +528,13 @@ def test_json_round_trip():
   )
   for round_num in range(10):
     ledger.record_round(round_num, ['a', 'b'], _svt(0.2))
-  ledger.record_round(10, ['a'], Record.gaussian(adaptive))
-  ledger.record_round(12, ['a'], Record.gaussian(4.0))
-  ledger.record_round(11, ['b'], Record.no_guarantee('selective_sharing'))
+  ledger.record_round(10, ['a'], _gauss(adaptive))
+  ledger.record_round(12, ['a'], _gauss(4.0))
+  ledger.record_round(11, ['b'], _none('selective_sharing'))
   text = ledger.to_json()
   data = json.loads(text)
   assert data['format'] == 'tff_brats.privacy_ledger'
-  assert data['version'] == 1
+  assert data['version'] == 2
   assert data['clients']['a'] == {'0-9': 0, '10': 1, '12': 2}
   assert data['clients']['idle'] == {}
   restored = Ledger.from_json(text)
@@ -530,11 +548,11 @@ def test_json_round_trip():
 @pytest.mark.parametrize(
   'mutate, message',
   [
-    (lambda d: d.update(version=2), 'version must be 1'),
+    (lambda d: d.update(version=3), r'version must be one of \(1, 2\)'),
     (lambda d: d.update(format='other'), 'must have format'),
     (
-      lambda d: d['records'][0].update(mechanism='laplace'),
-      'mechanism must be one of',
+      lambda d: d['records'][0].update(mechanism=''),
+      'mechanism must be a non-empty name',
     ),
     (
       lambda d: (
@@ -570,9 +588,13 @@ def test_table():
   ledger = Ledger(client_ids=['CBICA', 'TCIA01', 'TCIA02', '2013'])
   for round_num in range(10):
     ledger.record_round(round_num, ['CBICA', 'TCIA01'], _svt(0.5))
-  ledger.record_round(10, ['TCIA01'], Record.no_guarantee('selective_sharing'))
-  ledger.record_round(0, ['2013'], Record.gaussian(1.0))
-  text = ledger.table(_DELTA)
+  ledger.record_round(10, ['TCIA01'], _none('selective_sharing'))
+  ledger.record_round(0, ['2013'], _gauss(1.0))
+  caveat = (
+    "The guarantee holds for changes of an institution's data that keep its "
+    'local step count n, which is sent in the clear.'
+  )
+  text = ledger.table(_DELTA, notes=[caveat])
   lines = text.splitlines()
   assert lines[0] == 'Privacy spent per institution at δ = 1e-05'
   assert lines[1].split() == [
@@ -629,41 +651,33 @@ def test_many_clients_and_rounds_add_up():
   'make, message',
   [
     (
-      lambda: Record('laplace', epsilon=1.0, delta=0.0),
-      r'mechanism must be one of sparse_vector, selective_sharing, none, '
-      r"gaussian. Found 'laplace'.",
+      lambda: Record('', events.EpsilonDeltaDpEvent(1.0)),
+      r"mechanism must be a non-empty name. Found ''.",
     ),
     (
-      lambda: Record.sparse_vector(0, 0.1),
-      r'selection_epsilon must be a positive number. Found 0.',
+      lambda: Record('sparse_vector', 0.3),
+      r'dp_event must be a dp_accounting DpEvent. Found 0.3.',
     ),
     (
-      lambda: Record.sparse_vector(0.1, -1.0),
-      r'release_epsilon must be a positive number. Found -1.0.',
+      lambda: events.EpsilonDeltaDpEvent(-1.0),
+      r'epsilon must be a finite non-negative number. Found -1.0.',
     ),
     (
-      lambda: Record.from_epsilon_delta('selective_sharing', 1.0),
-      r'epsilon must be inf for selective_sharing .*Found 1.0.',
+      lambda: events.EpsilonDeltaDpEvent(math.inf),
+      r'epsilon must be a finite non-negative number. Found inf.',
     ),
     (
-      lambda: Record(accounting.SPARSE_VECTOR, epsilon=1.0, delta=1.0),
+      lambda: _approx(1.0, 1.0),
       r'delta must be in \[0, 1\). Found 1.0.',
     ),
     (
-      lambda: Record.gaussian(-1.0),
-      r'noise_multiplier must be a non-negative number. Found -1.0.',
-    ),
-    (
-      lambda: Record.gaussian(
+      lambda: _gauss(
         dp_accounting.SampledWithoutReplacementDpEvent(
           10, 2, dp_accounting.GaussianDpEvent(1.0)
         )
       ),
-      r"dp_event must be supported by dp_accounting's PLDAccountant",
-    ),
-    (
-      lambda: Record.no_guarantee('sparse_vector'),
-      r"mechanism must be one of selective_sharing, none. Found 'sparse_vector'.",
+      r"dp_event must be an EpsilonDeltaDpEvent or an event dp_accounting's "
+      r'PLDAccountant supports',
     ),
   ],
 )
@@ -714,7 +728,7 @@ def test_argument_validation():
     ),
     (
       lambda: accounting.compose_epsilon(
-        [(Record(accounting.SPARSE_VECTOR, epsilon=1.0, delta=1e-9), 2)],
+        [(_approx(1.0, 1e-9), 2)],
         delta=_DELTA,
         method='rdp',
       ),

@@ -1,10 +1,5 @@
-"""Tests for tff_brats.privacy.planning.
-
-Hand-computed SVT internals: q = 0.5, N = 4 gives c = 2 and (2c)^(2/3) =
-4^(2/3) = 2.5198420997897464, so with ε = 1 the threshold gets ε1 =
-1 / 3.5198420997897464 = 0.2841036534166501 and the queries ε2 = 1 − ε1;
-with γ = 0.1 and ε3 = 0.5 the Laplace scales are γ/ε1, 2cγ/ε2 = 0.4/ε2 and
-2cγ/ε3 = 0.8.
+"""Tests for tff_brats.privacy.planning (the SVT's budget split and noise
+scales are tested in budget_test.py).
 
 Golden noise multiplier: tensorflow_privacy 0.9.0's
 `compute_dp_sgd_privacy_test.py` (`test_compute_dp_sgd_example_privacy`)
@@ -14,43 +9,28 @@ noise 0.7, so solving for the noise at that target must give 0.7.
 
 import math
 
+import dp_accounting
 import pytest
 
 from tff_brats.privacy import accounting
+from tff_brats.privacy import events
 from tff_brats.privacy import planning
 
 _DELTA = 1e-5
 
+
+def _pure(epsilon):
+  return accounting.PrivacyRecord('svt', events.EpsilonDeltaDpEvent(epsilon))
+
+
+def _gauss(noise_multiplier):
+  event = dp_accounting.GaussianDpEvent(noise_multiplier)
+  return accounting.PrivacyRecord('gaussian', event)
+
+
 pytestmark = pytest.mark.filterwarnings(
   'ignore:np.find_common_type is deprecated:DeprecationWarning'
 )
-
-
-@pytest.mark.parametrize(
-  'fraction, n, c',
-  [(0.1, 4_702_227, 470_223), (0.3, 10, 3), (1.0, 5, 5), (1e-9, 10, 1)],
-)
-def test_num_shared(fraction, n, c):
-  assert planning.num_shared(fraction, n) == c
-
-
-def test_sparse_vector_parameters_hand_computed():
-  p = planning.sparse_vector_parameters(
-    shared_fraction=0.5,
-    num_values=4,
-    clip_bound=0.1,
-    selection_epsilon=1.0,
-    release_epsilon=0.5,
-  )
-  eps1 = 0.2841036534166501
-  assert p.num_shared == 2
-  assert p.threshold_epsilon == pytest.approx(eps1, rel=1e-14)
-  assert p.query_epsilon == pytest.approx(1 - eps1, rel=1e-14)
-  assert p.threshold_scale == pytest.approx(0.1 / eps1, rel=1e-14)
-  assert p.query_scale == pytest.approx(0.4 / (1 - eps1), rel=1e-14)
-  assert p.release_scale == pytest.approx(0.8, rel=1e-14)
-  assert p.epsilon_per_round == 1.5
-  assert planning.sparse_vector_epsilon(1.0, 0.5) == 1.5
 
 
 def test_participation():
@@ -69,14 +49,10 @@ def test_solve_round_epsilon_meets_the_target(method, target, k):
   x = planning.solve_round_epsilon(
     target, delta=_DELTA, num_rounds=k, method=method
   )
-  record = accounting.PrivacyRecord(
-    accounting.SPARSE_VECTOR, epsilon=x, delta=0.0
-  )
+  record = _pure(x)
 
   def spent(per_round):
-    record = accounting.PrivacyRecord(
-      accounting.SPARSE_VECTOR, epsilon=per_round, delta=0.0
-    )
+    record = _pure(per_round)
     return planning.total_epsilon(record, k, delta=_DELTA, method=method)
 
   assert not accounting.exceeds(spent(x), target)
@@ -98,7 +74,7 @@ def test_solve_release_and_selection_epsilon():
   release = planning.solve_release_epsilon(
     selection_epsilon=0.05, target_epsilon=10.0, delta=_DELTA, num_rounds=100
   )
-  record = accounting.PrivacyRecord.sparse_vector(0.05, release)
+  record = _pure(0.05 + release)
   spent = planning.total_epsilon(record, 100, delta=_DELTA)
   assert spent == pytest.approx(10.0, rel=1e-8)
   assert not accounting.exceeds(spent, 10.0)
@@ -121,7 +97,7 @@ def test_solve_noise_multiplier_reproduces_tensorflow_privacy():
     target_epsilon=10.8602036, delta=_DELTA, num_rounds=2, method='rdp'
   )
   assert z == pytest.approx(0.7, abs=1e-6)
-  record = accounting.PrivacyRecord.gaussian(z)
+  record = _gauss(z)
   spent = planning.total_epsilon(record, 2, delta=_DELTA, method='rdp')
   assert spent <= 10.8602036
   assert spent == pytest.approx(10.8602036, rel=1e-5)
@@ -130,9 +106,7 @@ def test_solve_noise_multiplier_reproduces_tensorflow_privacy():
 def test_solve_noise_multiplier_with_pld():
   # The PLD ε of 10 rounds with noise 5 (a large noise keeps the PLDs
   # small and the test fast) must lead back to noise 5.
-  target = planning.total_epsilon(
-    accounting.PrivacyRecord.gaussian(5.0), 10, delta=_DELTA, method='pld'
-  )
+  target = planning.total_epsilon(_gauss(5.0), 10, delta=_DELTA, method='pld')
   z = planning.solve_noise_multiplier(
     target_epsilon=target, delta=_DELTA, num_rounds=10, method='pld'
   )
@@ -143,12 +117,10 @@ def test_solve_noise_multiplier_meets_target_over_many_rounds():
   z = planning.solve_noise_multiplier(
     target_epsilon=5.0, delta=_DELTA, num_rounds=200
   )
-  spent = planning.total_epsilon(
-    accounting.PrivacyRecord.gaussian(z), 200, delta=_DELTA, method='rdp'
-  )
+  spent = planning.total_epsilon(_gauss(z), 200, delta=_DELTA, method='rdp')
   assert 5.0 - 1e-4 <= spent <= 5.0
   less = planning.total_epsilon(
-    accounting.PrivacyRecord.gaussian(z * (1 - 1e-4)),
+    _gauss(z * (1 - 1e-4)),
     200,
     delta=_DELTA,
     method='rdp',
@@ -159,24 +131,6 @@ def test_solve_noise_multiplier_meets_target_over_many_rounds():
 @pytest.mark.parametrize(
   'call, message',
   [
-    (
-      lambda: planning.num_shared(0.0, 10),
-      r'shared_fraction must be in \(0, 1\]. Found 0.0.',
-    ),
-    (
-      lambda: planning.num_shared(0.5, 0),
-      r'num_values must be a positive integer. Found 0.',
-    ),
-    (
-      lambda: planning.sparse_vector_parameters(
-        shared_fraction=0.1,
-        num_values=10,
-        clip_bound=0.0,
-        selection_epsilon=1.0,
-        release_epsilon=1.0,
-      ),
-      r'clip_bound must be a positive number. Found 0.0.',
-    ),
     (
       lambda: planning.participation(10, 5, 4),
       r'clients_per_round must be at most num_clients=4. Found 5.',
@@ -208,38 +162,3 @@ def test_solve_noise_multiplier_meets_target_over_many_rounds():
 def test_validation(call, message):
   with pytest.raises(ValueError, match=message):
     call()
-
-
-@pytest.mark.slow  # imports TensorFlow
-def test_agrees_with_the_mechanisms():
-  mechanisms = pytest.importorskip('tff_brats.privacy.mechanisms')
-  for q in (0.1, 0.3, 0.25, 1e-6, 0.123456789, 1.0):
-    for n in (1, 10, 30, 999, 4_702_227):
-      assert planning.num_shared(q, n) == mechanisms.shared_count(q, n)
-  svt = mechanisms.SparseVectorTechnique(
-    shared_fraction=0.1,
-    clip_bound=1e-4,
-    selection_epsilon=0.1,
-    release_epsilon=0.2,
-    threshold=1e-4,
-  )
-  ours = planning.sparse_vector_parameters(
-    shared_fraction=0.1,
-    num_values=4_702_227,
-    clip_bound=1e-4,
-    selection_epsilon=0.1,
-    release_epsilon=0.2,
-  )
-  theirs = svt.noise_scales(4_702_227)
-  assert ours.threshold_epsilon == pytest.approx(theirs.threshold_epsilon)
-  assert ours.query_epsilon == pytest.approx(theirs.query_epsilon)
-  assert ours.threshold_scale == pytest.approx(theirs.threshold)
-  assert ours.query_scale == pytest.approx(theirs.query)
-  assert ours.release_scale == pytest.approx(theirs.release)
-  record = accounting.PrivacyRecord.for_mechanism(svt)
-  assert record == accounting.PrivacyRecord.sparse_vector(0.1, 0.2)
-  sharing = mechanisms.SelectiveSharing(shared_fraction=0.1, clip_bound=1.0)
-  assert not accounting.PrivacyRecord.for_mechanism(sharing).has_guarantee
-  assert not accounting.PrivacyRecord.for_mechanism(
-    mechanisms.NoPrivacy()
-  ).has_guarantee

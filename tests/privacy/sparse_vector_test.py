@@ -13,7 +13,8 @@ import pytest
 from scipy import stats
 import tensorflow as tf
 
-from tff_brats.privacy import mechanisms
+from tff_brats import mechanisms
+from tff_brats.privacy import budget
 from tff_brats.privacy import sparse_vector
 
 # Chi-square / KS tests reject at this p-value: flake odds 1e-6 each.
@@ -54,16 +55,16 @@ def _svt(values, seed, *, steps=None, prefix_fraction=None, **params):
 # ------------------------------------------------------------ budgets ----
 
 
-def test_noise_scales_by_hand():
-  scales = sparse_vector.noise_scales(
+def test_budget_by_hand():
+  scales = budget.sparse_vector_budget(
     shared_count=4, clip_bound=0.5, selection_epsilon=3.0, release_epsilon=2.0
   )
   # (2c)^(2/3) = 8^(2/3) = 4: ε1 = 3/5, ε2 = 12/5.
   assert scales.threshold_epsilon == pytest.approx(0.6)
   assert scales.query_epsilon == pytest.approx(2.4)
-  assert scales.threshold == pytest.approx(0.5 / 0.6)
-  assert scales.query == pytest.approx(2 * 4 * 0.5 / 2.4)
-  assert scales.release == pytest.approx(2 * 4 * 0.5 / 2.0)
+  assert scales.threshold_scale == pytest.approx(0.5 / 0.6)
+  assert scales.query_scale == pytest.approx(2 * 4 * 0.5 / 2.4)
+  assert scales.release_scale == pytest.approx(2 * 4 * 0.5 / 2.0)
 
 
 # ---------------------------------------------- the released set's law ----
@@ -85,7 +86,7 @@ _SMALL_VALUES = np.array([0.1, 0.4, -0.7, 1.5], np.float32)
 def _exact_released_set_probabilities(values, params):
   """P(released set) of the sequential SVT, integrating over ρ."""
   c = params['shared_count']
-  scales = sparse_vector.noise_scales(
+  scales = budget.sparse_vector_budget(
     shared_count=c,
     clip_bound=params['clip_bound'],
     selection_epsilon=params['selection_epsilon'],
@@ -93,11 +94,11 @@ def _exact_released_set_probabilities(values, params):
   )
   size = len(values)
   magnitude = np.minimum(np.abs(values), params['clip_bound'])
-  rho = np.linspace(-60, 60, 240_001) * scales.threshold
-  weight = stats.laplace(scale=scales.threshold).pdf(rho)
+  rho = np.linspace(-60, 60, 240_001) * scales.threshold_scale
+  weight = stats.laplace(scale=scales.threshold_scale).pdf(rho)
   weight /= weight.sum()
   t = params['threshold'] + rho[:, None] - magnitude[None, :]
-  tail = 0.5 * np.exp(-np.abs(t) / scales.query)
+  tail = 0.5 * np.exp(-np.abs(t) / scales.query_scale)
   p = np.where(t >= 0, tail, 1.0 - tail)  # P(pass) per ρ and coordinate
   probs = np.zeros(2**size)
   for passes in itertools.product([0, 1], repeat=size):
@@ -164,7 +165,7 @@ def test_never_more_than_c_released(
 ):
   rng = np.random.default_rng(3)
   values = rng.uniform(0.2, 1.0, 50) * rng.choice([-1, 1], 50)
-  count = mechanisms.shared_count(fraction, 50)
+  count = budget.shared_count(fraction, 50)
   params = dict(
     shared_count=count,
     clip_bound=1.0,
@@ -203,7 +204,7 @@ def test_released_positions_are_distinct_and_uniform():
   size, fraction, runs = 200, 0.05, 3000
   values = np.full(size, 0.5, np.float32) * np.tile([1, -1], size // 2)
   params = dict(
-    shared_count=mechanisms.shared_count(fraction, size),
+    shared_count=budget.shared_count(fraction, size),
     clip_bound=1.0,
     threshold=0.0,
     selection_epsilon=1.0,
@@ -291,9 +292,9 @@ def test_noisy_threshold_has_scale_gamma_over_epsilon1():
     selection_epsilon=1.5,
     release_epsilon=1.0,
   )
-  scale = sparse_vector.noise_scales(
+  scale = budget.sparse_vector_budget(
     shared_count=3, clip_bound=0.2, selection_epsilon=1.5, release_epsilon=1.0
-  ).threshold
+  ).threshold_scale
   runs = 4000
 
   def rho(seed):
@@ -424,7 +425,7 @@ def _audit(privatize_fn, claimed_epsilon, runs):
 
 def _mechanism_fn(mechanism):
   def privatize(update, seed):
-    release, _ = mechanisms.privatize(update, 1, mechanism, seed=seed)
+    release, _ = mechanism.privatize(update, 1, seed=seed)
     return release
 
   return privatize
@@ -432,7 +433,7 @@ def _mechanism_fn(mechanism):
 
 @pytest.mark.slow
 def test_audit_svt_respects_its_epsilon():
-  mechanism = mechanisms.SparseVectorTechnique(**_AUDIT_CLAIM)
+  mechanism = mechanisms.SparseVector(**_AUDIT_CLAIM)
   violation, estimate = _audit(
     _mechanism_fn(mechanism), mechanism.epsilon_per_round, runs=30_000
   )
@@ -447,7 +448,7 @@ def test_audit_catches_broken_mechanisms(flaw):
   # The audit has the power to catch the reference implementation's known
   # flaws (NVFlare issues #343 and #4470): values released without their
   # noise, and a budget reported as something it is not.
-  claim = mechanisms.SparseVectorTechnique(**_AUDIT_CLAIM)
+  claim = mechanisms.SparseVector(**_AUDIT_CLAIM)
   if flaw == 'raw_values':
     honest = _mechanism_fn(claim)
 
@@ -458,9 +459,7 @@ def test_audit_catches_broken_mechanisms(flaw):
   else:
     # Runs with 20 times the release budget while claiming the original.
     broken = _mechanism_fn(
-      mechanisms.SparseVectorTechnique(
-        **{**_AUDIT_CLAIM, 'release_epsilon': 20.0}
-      )
+      mechanisms.SparseVector(**{**_AUDIT_CLAIM, 'release_epsilon': 20.0})
     )
   violation, _ = _audit(broken, claim.epsilon_per_round, runs=5000)
   assert violation > 1.0

@@ -1,7 +1,8 @@
 """Client-side privatisation of model updates as TFF aggregation factories.
 
-Each client runs a mechanism of `tff_brats.privacy.mechanisms` on its own
-update at CLIENTS, before anything leaves it, and the privatised updates are
+Each client runs a client-side mechanism (`tff_brats.mechanisms`:
+`NoPrivacy`, `SelectiveSharing`, `SparseVector`; anything with the
+`ClientMechanism` protocol below) on its own update at CLIENTS, before anything leaves it, and the privatised updates are
 handed to an inner factory (by default a weighted mean) that does the
 actual summing, as `tff.aggregators.clipping_factory` hands clipped values
 to its inner factory (Li et al. 2019, "Privacy-preserving Federated Brain
@@ -50,12 +51,35 @@ the researcher owns every client's data; keep them off in deployments.
 from __future__ import annotations
 
 import collections
+from typing import Any
+from typing import Protocol
+from typing import runtime_checkable
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_brats.privacy import mechanisms
+from tff_brats.utils import checks
+
+
+@runtime_checkable
+class ClientMechanism(Protocol):
+  """What the factories need of a client-side mechanism.
+
+  `privatize(update, local_steps, seed=...)` returns `(privatized, report)`
+  with the report keys of `tff_brats.privacy.client_release`;
+  `epsilon_per_round` is the round's ε (+inf without a DP claim);
+  `normalize_by_steps` says whether it works on ΔW / n.
+  """
+
+  normalize_by_steps: bool
+
+  @property
+  def epsilon_per_round(self) -> float: ...
+
+  def privatize(
+    self, update: Any, local_steps: Any, *, seed: Any = None
+  ) -> tuple[Any, dict[str, tf.Tensor]]: ...
 
 
 class PrivateSharingFactory(tff.aggregators.WeightedAggregationFactory):
@@ -63,7 +87,7 @@ class PrivateSharingFactory(tff.aggregators.WeightedAggregationFactory):
 
   def __init__(
     self,
-    mechanism: mechanisms.Mechanism,
+    mechanism: ClientMechanism,
     inner_agg_factory: tff.aggregators.WeightedAggregationFactory | None = None,
     *,
     noise_seed: int | None = None,
@@ -72,8 +96,8 @@ class PrivateSharingFactory(tff.aggregators.WeightedAggregationFactory):
     """Configures the factory.
 
     Args:
-      mechanism: `mechanisms.NoPrivacy`, `SelectiveSharing` or
-        `SparseVectorTechnique`.
+      mechanism: A client-side mechanism (`ClientMechanism`), e.g.
+        `tff_brats.mechanisms.SparseVector`.
       inner_agg_factory: Aggregates the privatised updates with the clients'
         weights; default `tff.aggregators.MeanFactory()`.
       noise_seed: None (default): every client draws fresh, unpredictable
@@ -101,7 +125,7 @@ class PrivateSharingFactory(tff.aggregators.WeightedAggregationFactory):
     self._diagnostics = bool(diagnostics)
 
   @property
-  def mechanism(self) -> mechanisms.Mechanism:
+  def mechanism(self) -> ClientMechanism:
     return self._mechanism
 
   def create(self, value_type, weight_type) -> tff.templates.AggregationProcess:
@@ -146,7 +170,7 @@ class UnweightedPrivateSharingFactory(
 
   def __init__(
     self,
-    mechanism: mechanisms.Mechanism,
+    mechanism: ClientMechanism,
     inner_agg_factory: tff.aggregators.UnweightedAggregationFactory
     | None = None,
     *,
@@ -184,7 +208,7 @@ class UnweightedPrivateSharingFactory(
     self._diagnostics = bool(diagnostics)
 
   @property
-  def mechanism(self) -> mechanisms.Mechanism:
+  def mechanism(self) -> ClientMechanism:
     return self._mechanism
 
   def create(self, value_type) -> tff.templates.AggregationProcess:
@@ -288,7 +312,7 @@ def _make_privatize_fn(
     seed = None
     if noise_seed is not None:
       seed = _experiment_seed(noise_seed, round_num, value)
-    private, report = mechanisms.privatize(value, steps, mechanism, seed=seed)
+    private, report = mechanism.privatize(value, steps, seed=seed)
     summary = collections.OrderedDict(
       released=tf.cast(report['released'], tf.float32),
       epsilon=tf.cast(report['epsilon'], tf.float64),
@@ -340,24 +364,17 @@ def _make_cast_fn(weight_type):
 
 
 def _check_mechanism(mechanism) -> None:
-  if not isinstance(mechanism, mechanisms.MECHANISM_TYPES):
-    names = ', '.join(t.__name__ for t in mechanisms.MECHANISM_TYPES)
+  if not isinstance(mechanism, ClientMechanism):
     raise TypeError(
-      f'mechanism must be one of {names}. Found {type(mechanism).__name__}.'
+      'mechanism must be a client-side mechanism (with privatize, '
+      'epsilon_per_round and normalize_by_steps), e.g. '
+      f'tff_brats.mechanisms.SparseVector. Found {type(mechanism).__name__}.'
     )
 
 
 def _check_seed(noise_seed):
-  if noise_seed is None:
-    return None
-  if (
-    isinstance(noise_seed, bool)
-    or not isinstance(noise_seed, int)
-    or (noise_seed < 0)
-  ):
-    raise ValueError(
-      f'noise_seed must be None or a non-negative integer. Found {noise_seed!r}.'
-    )
+  if noise_seed is not None:
+    checks.check_non_negative_int('noise_seed', noise_seed)
   return noise_seed
 
 

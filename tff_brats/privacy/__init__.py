@@ -1,9 +1,14 @@
-"""Privacy: client-side mechanisms (plain TensorFlow) and accounting.
+"""Privacy mathematics (plain TensorFlow) and accounting; never imports TFF.
 
-Mechanisms (never import TFF): `mechanisms` (configurations and
-`privatize`), `selective_sharing`, `sparse_vector`, `randomness` (seeds and
-samplers), `structure` (flattening a model update). Accounting
-(numpy/scipy + dp_accounting): `accounting`, `planning`, `privacy_report`.
+Mechanism mathematics: `client_release` (normalise, clip, release, report:
+what every client-side mechanism shares), `selective_sharing`,
+`sparse_vector`, `budget` (c = ⌈qN⌉ and the SVT's budget split and noise
+scales, TF-free), `randomness` (seeds and samplers), `structure`
+(flattening a model update). Accounting (numpy/scipy + dp_accounting):
+`events` (the round's `DpEvent`s and their JSON form), `accounting`
+(the per-institution ledger), `planning` (participation, solving for a
+target ε). The mechanism objects that choose and wire these are in
+`tff_brats.mechanisms`.
 
 Nothing is imported here, so importing the accounting modules does not
 load TensorFlow.

@@ -1,29 +1,29 @@
 """Per-institution privacy accounting across federated rounds.
 
-Mechanisms (`tff_brats.privacy.mechanisms`, pure TF) and this module
-(numpy/scipy + dp_accounting) meet only through a `PrivacyRecord`: what one
-round guarantees to one participating institution. The driver records each
+Mechanisms (`tff_brats.mechanisms`; their mathematics in plain TF in this
+package) and this module (numpy/scipy + dp_accounting) meet only through a
+`PrivacyRecord`, a dp_accounting `DpEvent` with the mechanism's name: what
+one round guarantees to one participating institution. The driver records each
 round in a `PrivacyLedger` (per client id: the rounds it took part in and
 the record of each), asks `would_exceed` before a round runs, and saves the
 ledger with every checkpoint (`to_json` / `from_json`).
 
-Records:
+Records. A `PrivacyRecord` is a mechanism's name (a label for tables,
+never branched on) and the round's dp_accounting `DpEvent`, which the
+mechanism itself states (`tff_brats.mechanisms`):
 
-* `sparse_vector`: the sparse vector technique (Lyu, Su & Li 2017,
-  "Understanding the Sparse Vector Technique for Differential Privacy",
-  PVLDB 10(6)) with selection budget ε and release budget ε3 is (ε + ε3,
-  0)-DP per round for the institution, for changes of its data that keep its
-  local step count n (n is sent in the clear). Any (ε, δ) record is
-  accepted.
-* `selective_sharing` and `none`: no DP claim; ε = ∞. A client with any such
-  round never gets a finite ε, whatever the method.
-* `gaussian`: a dp_accounting `DpEvent`, e.g. what
-  `tff.aggregators.differential_privacy.extract_dp_event_from_state` returns
-  for TFF's `DifferentiallyPrivateFactory.gaussian_fixed` after a round:
-  `GaussianDpEvent(noise_multiplier)` (McMahan et al. 2018, "Learning
-  Differentially Private Recurrent Language Models": the sum of the clipped
-  updates plus N(0, (z·C)²) noise, adjacency = adding or removing one
-  institution's whole contribution).
+* `EpsilonDeltaDpEvent(ε, δ)` (`tff_brats.privacy.events`): a round known
+  by its (ε, δ) guarantee, e.g. the sparse vector technique (Lyu, Su & Li
+  2017, "Understanding the Sparse Vector Technique for Differential
+  Privacy", PVLDB 10(6)), (ε + ε3, 0)-DP per round for the institution.
+* `NonPrivateDpEvent()`: no DP claim (selective sharing, no privacy); ε = ∞.
+  A client with any such round never gets a finite ε, whatever the method.
+* any event dp_accounting's PLD accountant supports, e.g.
+  `GaussianDpEvent(z)` for TFF's `DifferentiallyPrivateFactory.
+  gaussian_fixed` (McMahan et al. 2018, "Learning Differentially Private
+  Recurrent Language Models": the sum of the clipped updates plus
+  N(0, (z·C)²) noise, adjacency = adding or removing one institution's whole
+  contribution).
 
 Participation model. The ledger answers "what does institution i's data
 spend, given the rounds it took part in": it composes, per client, exactly
@@ -103,15 +103,8 @@ from dp_accounting.rdp import rdp_privacy_accountant
 import numpy as np
 from scipy import special
 
+from tff_brats.privacy import events
 from tff_brats.utils import checks
-
-SPARSE_VECTOR = 'sparse_vector'
-SELECTIVE_SHARING = 'selective_sharing'
-NO_PRIVACY = 'none'
-GAUSSIAN = 'gaussian'
-MECHANISMS = (SPARSE_VECTOR, SELECTIVE_SHARING, NO_PRIVACY, GAUSSIAN)
-# Mechanisms that make no DP claim: their rounds carry ε = ∞.
-NO_GUARANTEE_MECHANISMS = (SELECTIVE_SHARING, NO_PRIVACY)
 
 METHODS = ('pld', 'rdp', 'sum')
 
@@ -128,175 +121,95 @@ _GRID_RTOL = 1e-12
 # rounds of ε = 0.1 meet a budget of 1.0 despite floating-point sums.
 BUDGET_RTOL = 1e-9
 
-SVT_CAVEAT = (
-  "Sparse-vector guarantees hold for changes of an institution's data that "
-  'keep its local step count n, which is sent in the clear (it is the '
-  'aggregation weight and rescales the release); a fixed public weight '
-  'removes this caveat.'
-)
-
 # Cached ε values per ledger (histories × δ × method) before it is reset.
 _MAX_CACHE = 4096
 
 LEDGER_FORMAT = 'tff_brats.privacy_ledger'
-LEDGER_VERSION = 1
-
-_EVENT_CLASSES = {
-  name: value
-  for name, value in vars(dp_event_lib).items()
-  if isinstance(value, type) and issubclass(value, dp_event_lib.DpEvent)
-}
+# Version 2 stores every record as (mechanism, dp_event); version 1 (read
+# too) stored (ε, δ) pairs for the client-side mechanisms.
+LEDGER_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class PrivacyRecord:
   """What one round guarantees to one participating institution.
 
-  Build with the class methods. Records compare equal when their canonical
-  JSON forms (`key`) are equal.
+  Records compare equal when their canonical JSON forms (`key`) are equal.
 
   Attributes:
-    mechanism: One of `MECHANISMS`.
-    epsilon: ε of the round's (ε, δ) guarantee; math.inf for mechanisms
-      without a DP claim; None for `gaussian` (see `dp_event`).
-    delta: δ of the round's guarantee; None for `gaussian`.
-    dp_event: For `gaussian`: the round's dp_accounting `DpEvent` (numbers
-      normalised to Python floats and ints); None otherwise.
+    mechanism: The mechanism's name, a label for tables (e.g.
+      'sparse_vector'); the accountant never reads it.
+    dp_event: The round's dp_accounting `DpEvent` for one institution:
+      `events.EpsilonDeltaDpEvent`, `NonPrivateDpEvent`, `NoOpDpEvent`, or an
+      event dp_accounting's PLD accountant supports (numbers are normalised
+      to Python floats and ints).
   """
 
   mechanism: str
-  epsilon: float | None = None
-  delta: float | None = None
-  dp_event: dp_accounting.DpEvent | None = None
+  dp_event: dp_accounting.DpEvent
 
   def __post_init__(self):
-    if self.mechanism not in MECHANISMS:
+    if not isinstance(self.mechanism, str) or not self.mechanism:
       raise ValueError(
-        f'mechanism must be one of {", ".join(MECHANISMS)}. '
-        f'Found {self.mechanism!r}.'
+        f'mechanism must be a non-empty name. Found {self.mechanism!r}.'
       )
-    if self.mechanism == GAUSSIAN:
-      if self.epsilon is not None or self.delta is not None:
-        raise ValueError(
-          'epsilon and delta must be None for a gaussian record (its '
-          f'DpEvent is accounted). Found {self.epsilon!r}, {self.delta!r}.'
-        )
-      object.__setattr__(self, 'dp_event', _canonical_event(self.dp_event))
-    else:
-      self._check_epsilon_delta()
+    object.__setattr__(self, 'dp_event', _canonical_event(self.dp_event))
     # Records are compared, grouped and cached by this canonical JSON.
     key = json.dumps(self.to_dict(), sort_keys=True, allow_nan=False)
     object.__setattr__(self, '_key', key)
 
-  @classmethod
-  def sparse_vector(
-    cls, selection_epsilon: float, release_epsilon: float
-  ) -> PrivacyRecord:
-    """The SVT round: (selection_epsilon + release_epsilon, 0)-DP.
-
-    Lyu, Su & Li 2017 (SVT with numeric answers): the selection (noisy
-    threshold and queries) is ε-DP and releasing the c selected values with
-    Laplace noise is ε3-DP, for any change of the client's update within the
-    clip range, i.e. of its data with the same step count n.
-    """
-    for name, value in (
-      ('selection_epsilon', selection_epsilon),
-      ('release_epsilon', release_epsilon),
-    ):
-      if not checks.is_number(value) or not 0 < value < math.inf:
-        raise ValueError(f'{name} must be a positive number. Found {value!r}.')
-    return cls(
-      SPARSE_VECTOR,
-      epsilon=float(selection_epsilon) + float(release_epsilon),
-      delta=0.0,
-    )
-
-  @classmethod
-  def no_guarantee(cls, mechanism: str = NO_PRIVACY) -> PrivacyRecord:
-    """A round without a DP claim (`'none'` or `'selective_sharing'`)."""
-    if mechanism not in NO_GUARANTEE_MECHANISMS:
-      raise ValueError(
-        f'mechanism must be one of {", ".join(NO_GUARANTEE_MECHANISMS)}. '
-        f'Found {mechanism!r}.'
-      )
-    return cls(mechanism, epsilon=math.inf, delta=0.0)
-
-  @classmethod
-  def from_epsilon_delta(
-    cls, mechanism: str, epsilon: float, delta: float = 0.0
-  ) -> PrivacyRecord:
-    """A record from an (ε, δ) pair, e.g. an aggregator's `privacy_record`.
-
-    Numpy scalars (what TFF returns for float64 state) are accepted.
-    """
-    return cls(mechanism, epsilon=_to_float(epsilon), delta=_to_float(delta))
-
-  @classmethod
-  def for_mechanism(cls, mechanism: Any) -> PrivacyRecord:
-    """The record of a `tff_brats.privacy.mechanisms` configuration.
-
-    Read from its `name` ('none', 'selective_sharing', 'sparse_vector') and
-    `epsilon_per_round` (+inf without a claim), so accounting does not
-    import the (TensorFlow) mechanisms.
-    """
-    name = getattr(mechanism, 'name', None)
-    epsilon = getattr(mechanism, 'epsilon_per_round', None)
-    if name not in (SPARSE_VECTOR, *NO_GUARANTEE_MECHANISMS) or epsilon is None:
-      raise ValueError(
-        'mechanism must be a tff_brats.privacy.mechanisms configuration. '
-        f'Found {mechanism!r}.'
-      )
-    return cls.from_epsilon_delta(name, epsilon, 0.0)
-
-  @classmethod
-  def gaussian(
-    cls, event_or_noise_multiplier: dp_accounting.DpEvent | float
-  ) -> PrivacyRecord:
-    """A Gaussian round: a DpEvent, or `GaussianDpEvent(noise_multiplier)`.
-
-    Args:
-      event_or_noise_multiplier: The round's DpEvent for one participating
-        institution (TFF: `extract_dp_event_from_state(state)`), or the
-        noise multiplier z (noise stddev / L2 clip) of an unsampled round.
-    """
-    event = event_or_noise_multiplier
-    if not isinstance(event, dp_event_lib.DpEvent):
-      z = _to_float(event)
-      if not checks.is_number(z) or not 0 <= z < math.inf:
-        raise ValueError(
-          f'noise_multiplier must be a non-negative number. Found {event!r}.'
-        )
-      event = dp_accounting.GaussianDpEvent(z)
-    return cls(GAUSSIAN, dp_event=event)
-
   @property
   def has_guarantee(self) -> bool:
-    """False for rounds with ε = ∞ (Gaussian events: left to the accountant)."""
-    return self.mechanism == GAUSSIAN or self.epsilon < math.inf
+    """False for rounds without a DP claim (ε = ∞)."""
+    return not events.is_non_private(self.dp_event)
+
+  @property
+  def is_epsilon_delta(self) -> bool:
+    """Whether the round is known by an (ε, δ) pair (or is a no-op)."""
+    return isinstance(
+      self.dp_event, events.EpsilonDeltaDpEvent | dp_accounting.NoOpDpEvent
+    )
+
+  @property
+  def epsilon(self) -> float:
+    """ε of an (ε, δ) round (0 for a no-op, ∞ without a guarantee)."""
+    if not self.has_guarantee:
+      return math.inf
+    return float(getattr(self.dp_event, 'epsilon', 0.0))
+
+  @property
+  def delta(self) -> float:
+    """δ of an (ε, δ) round (0 for a no-op or without a guarantee)."""
+    return float(getattr(self.dp_event, 'delta', 0.0))
 
   def to_dict(self) -> dict[str, Any]:
-    """JSON-ready form (ε = ∞ is written as the string 'inf')."""
-    if self.mechanism == GAUSSIAN:
-      return {'mechanism': GAUSSIAN, 'dp_event': _event_to_dict(self.dp_event)}
+    """JSON-ready form: `{"mechanism": ..., "dp_event": {...}}`."""
     return {
       'mechanism': self.mechanism,
-      'epsilon': _encode_float(self.epsilon),
-      'delta': self.delta,
+      'dp_event': events.event_to_dict(self.dp_event),
     }
 
   @classmethod
   def from_dict(cls, data: Any) -> PrivacyRecord:
-    """Inverse of `to_dict`. Raises ValueError on a malformed dict."""
+    """Inverse of `to_dict`; also reads ledger version 1's (ε, δ) form.
+
+    Raises:
+      ValueError: A malformed dict.
+    """
     if not isinstance(data, dict) or 'mechanism' not in data:
       raise ValueError(
         f'record must be a dict with a mechanism. Found {data!r}.'
       )
-    if data['mechanism'] == GAUSSIAN:
-      return cls(GAUSSIAN, dp_event=_event_from_dict(data.get('dp_event')))
+    if 'dp_event' in data:
+      return cls(data['mechanism'], events.event_from_dict(data['dp_event']))
+    # Version 1: {"mechanism", "epsilon" ('inf' without a claim), "delta"}.
+    epsilon = data.get('epsilon')
+    if epsilon == 'inf':
+      return cls(data['mechanism'], dp_accounting.NonPrivateDpEvent())
     return cls(
       data['mechanism'],
-      epsilon=_decode_float(data.get('epsilon')),
-      delta=data.get('delta'),
+      events.EpsilonDeltaDpEvent(epsilon, data.get('delta', 0.0)),
     )
 
   @property
@@ -311,26 +224,6 @@ class PrivacyRecord:
 
   def __hash__(self) -> int:
     return hash(self.key)
-
-  def _check_epsilon_delta(self):
-    if self.dp_event is not None:
-      raise ValueError(
-        f'dp_event must be None for a {self.mechanism} record. '
-        f'Found {self.dp_event!r}.'
-      )
-    if not checks.is_number(self.epsilon) or not self.epsilon >= 0:
-      raise ValueError(
-        f'epsilon must be a non-negative number or inf. Found {self.epsilon!r}.'
-      )
-    if self.mechanism in NO_GUARANTEE_MECHANISMS and self.epsilon != math.inf:
-      raise ValueError(
-        f'epsilon must be inf for {self.mechanism} (it makes no DP claim). '
-        f'Found {self.epsilon!r}.'
-      )
-    if not checks.is_number(self.delta) or not 0 <= self.delta < 1:
-      raise ValueError(f'delta must be in [0, 1). Found {self.delta!r}.')
-    object.__setattr__(self, 'epsilon', float(self.epsilon))
-    object.__setattr__(self, 'delta', float(self.delta))
 
 
 def compose_epsilon(
@@ -364,7 +257,7 @@ def compose_epsilon(
   if not all(record.has_guarantee for record, _ in groups):
     return math.inf
   if delta == 0:
-    if all(r.dp_event is None and r.delta == 0 for r, _ in groups):
+    if all(r.is_epsilon_delta and r.delta == 0 for r, _ in groups):
       return math.fsum(n * r.epsilon for r, n in groups)
     return math.inf
   if method == 'pld':
@@ -406,7 +299,8 @@ class PrivacyLedger:
   Example:
 
     ledger = PrivacyLedger(client_ids=['CBICA', 'TCIA01'])
-    record = PrivacyRecord.sparse_vector(0.1, 0.1)
+    # e.g. tff_brats.mechanisms.SparseVector(...).record()
+    record = PrivacyRecord('sparse_vector', EpsilonDeltaDpEvent(0.1))
     if not ledger.would_exceed(['CBICA'], record, 10.0, 1e-5):
       ...  # run round 0 with CBICA
       ledger.record_round(0, ['CBICA'], record)
@@ -559,8 +453,14 @@ class PrivacyLedger:
         exceeding.append(client_id)
     return exceeding
 
-  def table(self, delta: float) -> str:
-    """Per-institution table: rounds, mechanisms, ε summed and tight."""
+  def table(self, delta: float, notes: Iterable[str] = ()) -> str:
+    """Per-institution table: rounds, mechanisms, ε summed and tight.
+
+    Args:
+      delta: The δ of every ε in the table.
+      notes: Paragraphs printed below the table, e.g. what the guarantee
+        does not cover (`tff_brats.mechanisms`' `caveats`).
+    """
     check_delta(delta)
     header = ('client', 'rounds', 'mechanism', 'ε summed', 'ε tight (PLD)')
     rows = []
@@ -595,21 +495,16 @@ class PrivacyLedger:
     notes = [
       'ε summed: basic composition (Σε, Σδ). ε tight: privacy-loss-'
       'distribution composition (dp_accounting). inf: the institution took '
-      'part in a round without a DP guarantee.'
+      'part in a round without a DP guarantee.',
+      *notes,
     ]
-    if any(
-      r.mechanism == SPARSE_VECTOR
-      for rs in self._rounds.values()
-      for r in rs.values()
-    ):
-      notes.append(SVT_CAVEAT)
     lines += [textwrap.fill(note, width=79) for note in notes]
     return '\n'.join(lines)
 
   def to_json(self) -> str:
     """The ledger as versioned JSON (for checkpoints).
 
-    Format (version 1): `records` lists the distinct records
+    Format (version 2): `records` lists the distinct records
     (`PrivacyRecord.to_dict`); `clients` maps each client id, in order, to
     `{"<first>-<last>" or "<round>": <record index>}` runs of consecutive
     rounds with the same record.
@@ -648,9 +543,9 @@ class PrivacyLedger:
         f'ledger JSON must have format {LEDGER_FORMAT!r}. Found '
         f'{data.get("format") if isinstance(data, dict) else data!r}.'
       )
-    if data.get('version') != LEDGER_VERSION:
+    if data.get('version') not in _READABLE_VERSIONS:
       raise ValueError(
-        f'ledger JSON version must be {LEDGER_VERSION}. Found '
+        f'ledger JSON version must be one of {_READABLE_VERSIONS}. Found '
         f'{data.get("version")!r}.'
       )
     try:
@@ -738,16 +633,16 @@ class _PldAccountant(pld_privacy_accountant.PLDAccountant):
 
 
 def _pld_epsilon(groups, delta):
-  pure = [(r, n) for r, n in groups if r.dp_event is None]
-  events = [(r, n) for r, n in groups if r.dp_event is not None]
-  h = pld_discretization([r.epsilon for r, _ in pure], with_events=bool(events))
+  pure = [(r, n) for r, n in groups if r.is_epsilon_delta]
+  others = [(r, n) for r, n in groups if not r.is_epsilon_delta]
+  h = pld_discretization([r.epsilon for r, _ in pure], with_events=bool(others))
   accountant = _PldAccountant(value_discretization_interval=h)
   for record, count in pure:
     if record.epsilon == 0 and record.delta == 0:
       continue
     pld = _pure_dp_pld(record.epsilon, record.delta, h)
     accountant.compose_pld(pld.self_compose(count) if count > 1 else pld)
-  for record, count in events:
+  for record, count in others:
     accountant.compose(dp_event_lib.SelfComposedDpEvent(record.dp_event, count))
   return float(accountant.get_epsilon(delta))
 
@@ -798,7 +693,7 @@ def _rdp_epsilon(groups, delta):
   orders = accountant.orders
   pure_rdp = np.zeros_like(orders, dtype=np.float64)
   for record, count in groups:
-    if record.dp_event is not None:
+    if not record.is_epsilon_delta:
       event = dp_event_lib.SelfComposedDpEvent(record.dp_event, count)
       if not accountant.supports(event):
         raise ValueError(
@@ -821,16 +716,16 @@ def _rdp_epsilon(groups, delta):
 
 
 def _summed_epsilon(groups, delta):
-  pure = [(r, n) for r, n in groups if r.dp_event is None]
-  events = [(r, n) for r, n in groups if r.dp_event is not None]
+  pure = [(r, n) for r, n in groups if r.is_epsilon_delta]
+  others = [(r, n) for r, n in groups if not r.is_epsilon_delta]
   pure_delta = math.fsum(n * r.delta for r, n in pure)
   epsilons = [n * r.epsilon for r, n in pure]
-  if events:
-    num_events = sum(n for _, n in events)
+  if others:
+    num_events = sum(n for _, n in others)
     share = (delta - pure_delta) / num_events
     if share <= 0:
       return math.inf
-    for record, count in events:
+    for record, count in others:
       single = _PldAccountant(
         value_discretization_interval=EVENT_DISCRETIZATION
       )
@@ -879,94 +774,15 @@ def _canonical_event(event):
     raise ValueError(
       f'dp_event must be a dp_accounting DpEvent. Found {event!r}.'
     )
-  event = _event_from_dict(_event_to_dict(event))
-  if not pld_privacy_accountant.PLDAccountant().supports(event):
+  event = events.canonical(event)
+  if not isinstance(
+    event, events.EpsilonDeltaDpEvent
+  ) and not pld_privacy_accountant.PLDAccountant().supports(event):
     raise ValueError(
-      "dp_event must be supported by dp_accounting's PLDAccountant "
-      f'(add-or-remove-one). Found {event!r}.'
+      "dp_event must be an EpsilonDeltaDpEvent or an event dp_accounting's "
+      f'PLDAccountant supports (add-or-remove-one). Found {event!r}.'
     )
   return event
-
-
-def _event_to_dict(event):
-  """A DpEvent as a JSON-ready dict, via dp_accounting's `to_named_tuple`."""
-  try:
-    named = event.to_named_tuple()
-  except ValueError as e:
-    raise ValueError(
-      f'dp_event must be serialisable. Found {event!r}: {e}'
-    ) from None
-  return _plain(named)
-
-
-def _plain(value):
-  if isinstance(value, dp_event_lib.DpEventNamedTuple):
-    if value.module_name != dp_event_lib.__name__:
-      raise ValueError(
-        f'dp_event must be a {dp_event_lib.__name__} class. Found '
-        f'{value.module_name}.{value.class_name}.'
-      )
-    out = {'class_name': value.class_name}
-    for field in value._fields:
-      if field not in ('module_name', 'class_name'):
-        out[field] = _plain(getattr(value, field))
-    return out
-  if isinstance(value, list | tuple):
-    return [_plain(v) for v in value]
-  if isinstance(value, np.generic | np.ndarray):
-    value = value.item()
-  if value is None or isinstance(value, bool | int | str):
-    return value
-  if isinstance(value, float):
-    return _encode_float(value)
-  raise ValueError(f'dp_event fields must be numbers. Found {value!r}.')
-
-
-def _event_from_dict(data):
-  """Inverse of `_event_to_dict`; only dp_accounting's own event classes."""
-  if not isinstance(data, dict) or data.get('class_name') not in _EVENT_CLASSES:
-    raise ValueError(
-      f'dp_event must name a dp_accounting DpEvent class. Found {data!r}.'
-    )
-  kwargs = {}
-  for field, value in data.items():
-    if field == 'class_name':
-      continue
-    if isinstance(value, dict):
-      value = _event_from_dict(value)
-    elif isinstance(value, list):
-      value = [_event_from_dict(v) if isinstance(v, dict) else v for v in value]
-    elif isinstance(value, str):
-      value = _decode_float(value)
-    kwargs[field] = value
-  try:
-    return _EVENT_CLASSES[data['class_name']](**kwargs)
-  except TypeError as e:
-    raise ValueError(f'dp_event fields do not match its class: {e}') from None
-
-
-def _encode_float(value):
-  if value == math.inf:
-    return 'inf'
-  if value == -math.inf:
-    return '-inf'
-  if math.isnan(value):
-    raise ValueError('values must not be NaN. Found nan.')
-  return value
-
-
-def _decode_float(value):
-  if value == 'inf':
-    return math.inf
-  if value == '-inf':
-    return -math.inf
-  return value
-
-
-def _to_float(value):
-  if isinstance(value, np.generic | np.ndarray) and np.ndim(value) == 0:
-    return float(value)
-  return value
 
 
 def _check_record(record):

@@ -1,10 +1,9 @@
-"""Planning a private federated run: per-round ε, totals and budgets.
+"""Planning a private federated run: participation, totals and budgets.
 
-Forward: the internals and per-round ε of the sparse vector technique (SVT;
-Lyu, Su & Li 2017, "Understanding the Sparse Vector Technique for
-Differential Privacy", PVLDB 10(6)) as `tff_brats` runs it (DESIGN,
-"Privacy", step 5), how many rounds an institution joins, and what it spends
-over them (`accounting.compose_epsilon`).
+Forward: how many rounds an institution joins, and what it spends over them
+(`accounting.compose_epsilon`) given the guarantee of one round (a
+`PrivacyRecord`, which a mechanism of `tff_brats.mechanisms` states; the
+sparse vector technique's budget split and noise scales are in `budget`).
 
 Inverse: the per-round budget that meets a target ε at δ over the rounds an
 institution joins (bisection on the tight PLD composition), split as a
@@ -24,50 +23,17 @@ k = R. The expected k = pR is reported for orientation only.
 from __future__ import annotations
 
 import dataclasses
-import fractions
 import math
 
 import dp_accounting
 from scipy import optimize
 
 from tff_brats.privacy import accounting
+from tff_brats.privacy import events
 from tff_brats.utils import checks
 
 # Bisection tolerance on the per-round ε, relative.
 _SOLVE_RTOL = 1e-10
-
-
-@dataclasses.dataclass(frozen=True)
-class SparseVectorParameters:
-  """The internals of one SVT round for one client.
-
-  Attributes:
-    num_values: N, the values of the model update.
-    shared_fraction: q, the fraction of values released.
-    clip_bound: γ, every value is clipped to [−γ, γ].
-    selection_epsilon: ε, the budget of selecting the values.
-    release_epsilon: ε3, the budget of releasing them.
-    num_shared: c = ⌈qN⌉, how many values are released.
-    threshold_epsilon: ε1 = ε / (1 + (2c)^(2/3)), the threshold's share.
-    query_epsilon: ε2 = ε − ε1, the queries' share.
-    threshold_scale: γ / ε1, Laplace scale of the threshold noise ρ.
-    query_scale: 2cγ / ε2, Laplace scale of each query's noise.
-    release_scale: 2cγ / ε3, Laplace scale of each released value's noise.
-    epsilon_per_round: ε + ε3 (the round is (ε + ε3, 0)-DP).
-  """
-
-  num_values: int
-  shared_fraction: float
-  clip_bound: float
-  selection_epsilon: float
-  release_epsilon: float
-  num_shared: int
-  threshold_epsilon: float
-  query_epsilon: float
-  threshold_scale: float
-  query_scale: float
-  release_scale: float
-  epsilon_per_round: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,74 +59,6 @@ class Participation:
   worst_case_rounds: int
   expected_rounds: float
   expected_rounds_ceil: int
-
-
-def num_shared(shared_fraction: float, num_values: int) -> int:
-  """c = ⌈qN⌉, with q read as its shortest decimal (exact arithmetic).
-
-  The rule of `tff_brats.privacy.mechanisms.shared_count` (repeated here so
-  that planning needs no TensorFlow): 0.1 × 30 is 3, not 4, although the
-  binary value of 0.1 is slightly above 1/10. Always in [1, N].
-  """
-  _check_fraction(shared_fraction)
-  checks.check_positive_int('num_values', num_values)
-  exact = fractions.Fraction(repr(float(shared_fraction))) * int(num_values)
-  return max(1, min(int(num_values), math.ceil(exact)))
-
-
-def sparse_vector_parameters(
-  *,
-  shared_fraction: float,
-  num_values: int,
-  clip_bound: float,
-  selection_epsilon: float,
-  release_epsilon: float,
-) -> SparseVectorParameters:
-  """The SVT internals (Lyu, Su & Li 2017; DESIGN.md, "Privacy", step 5).
-
-  ε1 : ε2 = 1 : (2c)^(2/3) is the budget split that Lyu et al. derive for
-  c answers to non-monotonic queries; the same formulas as
-  `tff_brats.privacy.sparse_vector.noise_scales`.
-
-  Args:
-    shared_fraction: q in (0, 1].
-    num_values: N >= 1.
-    clip_bound: γ > 0.
-    selection_epsilon: ε > 0.
-    release_epsilon: ε3 > 0.
-
-  Raises:
-    ValueError: An argument out of range, naming it.
-  """
-  c = num_shared(shared_fraction, num_values)
-  _check_positive('clip_bound', clip_bound)
-  epsilon = sparse_vector_epsilon(selection_epsilon, release_epsilon)
-  eps1 = selection_epsilon / (1 + (2 * c) ** (2 / 3))
-  eps2 = selection_epsilon - eps1
-  return SparseVectorParameters(
-    num_values=int(num_values),
-    shared_fraction=float(shared_fraction),
-    clip_bound=float(clip_bound),
-    selection_epsilon=float(selection_epsilon),
-    release_epsilon=float(release_epsilon),
-    num_shared=c,
-    threshold_epsilon=eps1,
-    query_epsilon=eps2,
-    threshold_scale=clip_bound / eps1,
-    query_scale=2 * c * clip_bound / eps2,
-    release_scale=2 * c * clip_bound / release_epsilon,
-    epsilon_per_round=epsilon,
-  )
-
-
-def sparse_vector_epsilon(
-  selection_epsilon: float, release_epsilon: float
-) -> float:
-  """Per-round ε of SVT: selection_epsilon + release_epsilon (δ = 0)."""
-  record = accounting.PrivacyRecord.sparse_vector(
-    selection_epsilon, release_epsilon
-  )
-  return record.epsilon
 
 
 def participation(
@@ -223,7 +121,7 @@ def solve_round_epsilon(
   Raises:
     ValueError: Bad arguments.
   """
-  _check_positive('target_epsilon', target_epsilon)
+  checks.check_positive_number('target_epsilon', target_epsilon)
   checks.check_positive_int('num_rounds', num_rounds)
   accounting.check_delta(delta)
   accounting.check_method(method)
@@ -232,7 +130,7 @@ def solve_round_epsilon(
 
   def spent(per_round):
     record = accounting.PrivacyRecord(
-      accounting.SPARSE_VECTOR, epsilon=per_round, delta=0.0
+      'pure', events.EpsilonDeltaDpEvent(per_round)
     )
     return total_epsilon(record, num_rounds, delta=delta, method=method)
 
@@ -265,7 +163,7 @@ def solve_release_epsilon(
     ValueError: Bad arguments, or the selection budget alone spends the
       target over `num_rounds` rounds.
   """
-  _check_positive('selection_epsilon', selection_epsilon)
+  checks.check_positive_number('selection_epsilon', selection_epsilon)
   per_round = solve_round_epsilon(
     target_epsilon, delta=delta, num_rounds=num_rounds, method=method
   )
@@ -292,7 +190,7 @@ def solve_selection_epsilon(
     ValueError: Bad arguments, or the release budget alone spends the target
       over `num_rounds` rounds.
   """
-  _check_positive('release_epsilon', release_epsilon)
+  checks.check_positive_number('release_epsilon', release_epsilon)
   per_round = solve_round_epsilon(
     target_epsilon, delta=delta, num_rounds=num_rounds, method=method
   )
@@ -328,7 +226,7 @@ def solve_noise_multiplier(
   Raises:
     ValueError: Bad arguments.
   """
-  _check_positive('target_epsilon', target_epsilon)
+  checks.check_positive_number('target_epsilon', target_epsilon)
   checks.check_positive_int('num_rounds', num_rounds)
   if not checks.is_number(delta) or not 0 < delta < 1:
     raise ValueError(f'delta must be in (0, 1). Found {delta!r}.')
@@ -373,15 +271,3 @@ def solve_noise_multiplier(
       tol=1e-6 * low,
     )
   )
-
-
-def _check_fraction(shared_fraction):
-  if not checks.is_number(shared_fraction) or not 0 < shared_fraction <= 1:
-    raise ValueError(
-      f'shared_fraction must be in (0, 1]. Found {shared_fraction!r}.'
-    )
-
-
-def _check_positive(name, value):
-  if not checks.is_number(value) or not 0 < value < math.inf:
-    raise ValueError(f'{name} must be a positive number. Found {value!r}.')

@@ -15,11 +15,46 @@ floats, so two 2**15/2**16-bin histograms locate the c-th largest value.
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import tensorflow as tf
 
 _HIGH_BINS = 1 << 15  # bits 30..16 (the sign bit of a magnitude is 0)
 _LOW_BINS = 1 << 16  # bits 15..0
 _BLOCK = 4096  # values per block when counting ties
+
+
+def select(
+  flat: tf.Tensor, steps: tf.Tensor | None, bound: Any, count: int
+) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+  """The selective-sharing release (see `client_release.privatize`).
+
+  Clips every value to [-bound, bound] (NaN as 0, ±inf to ±bound) and keeps
+  the c largest magnitudes exactly. With normalisation, bound = n·γ:
+  n·clip(ΔW / n, -γ, γ) = clip(ΔW, -n·γ, n·γ), so released values that were
+  not clipped are exactly the client's.
+
+  Args:
+    flat: float32 `[N]`, the update.
+    steps: Unused (the bound already carries n).
+    bound: The clip bound (a number or a float32 scalar tensor).
+    count: c, a Python int in [1, N].
+
+  Returns:
+    `(release, stats)`: float32 `[N]` with the c selected values (a selected
+    value may be 0), and `released` = c, `noisy_threshold` NaN (no
+    threshold), `passed` 0.
+  """
+  del steps  # in the bound
+  finite = tf.where(tf.math.is_nan(flat), tf.zeros_like(flat), flat)
+  clipped = tf.clip_by_value(finite, -bound, bound)
+  stats = {
+    'released': tf.constant(count, tf.int32),
+    'noisy_threshold': tf.constant(math.nan, tf.float32),
+    'passed': tf.constant(0, tf.int32),
+  }
+  return share_largest(clipped, count), stats
 
 
 def share_largest(clipped: tf.Tensor, count: int) -> tf.Tensor:

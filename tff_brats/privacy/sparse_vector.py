@@ -6,7 +6,8 @@ by Li et al. 2019, "Privacy-preserving Federated Brain Tumour
 Segmentation". On w = ΔW / n clipped to [-γ, γ]^N, with c = ⌈q·N⌉:
 
 * budgets: ε1 = ε / (1 + (2c)^(2/3)) for the threshold, ε2 = ε - ε1 for
-  the queries (the split Lyu et al. recommend for non-monotonic queries);
+  the queries (the split Lyu et al. recommend for non-monotonic queries;
+  computed in `budget`, the one place planning reads too);
 * ρ ~ Lap(γ/ε1), drawn once per call; the noisy threshold is τ + ρ;
 * coordinates are visited in a uniformly random order; coordinate i passes
   when |w_i| + ν_i >= τ + ρ, ν_i ~ Lap(2cγ/ε2), fresh for each query;
@@ -60,53 +61,13 @@ the budget reported (`mechanisms`: ε + ε3) is the one the noise gives.
 
 from __future__ import annotations
 
-import dataclasses
-
 import tensorflow as tf
 
+from tff_brats.privacy import budget
 from tff_brats.privacy import randomness
 
 # Above this prefix fraction, querying every coordinate at once is cheaper.
 _MAX_PREFIX_FRACTION = 0.5
-
-
-@dataclasses.dataclass(frozen=True)
-class NoiseScales:
-  """The budgets and Laplace scales of one SVT call (Lyu et al. 2017).
-
-  Attributes:
-    threshold_epsilon: ε1 = ε / (1 + (2c)^(2/3)).
-    query_epsilon: ε2 = ε - ε1.
-    threshold: Scale of the threshold noise ρ, γ / ε1.
-    query: Scale of each query's noise, 2cγ / ε2.
-    release: Scale of each released value's noise, 2cγ / ε3.
-  """
-
-  threshold_epsilon: float
-  query_epsilon: float
-  threshold: float
-  query: float
-  release: float
-
-
-def noise_scales(
-  *,
-  shared_count: int,
-  clip_bound: float,
-  selection_epsilon: float,
-  release_epsilon: float,
-) -> NoiseScales:
-  """The budget split and noise scales for c = `shared_count`."""
-  c, gamma = shared_count, clip_bound
-  threshold_epsilon = selection_epsilon / (1.0 + (2.0 * c) ** (2.0 / 3.0))
-  query_epsilon = selection_epsilon - threshold_epsilon
-  return NoiseScales(
-    threshold_epsilon=threshold_epsilon,
-    query_epsilon=query_epsilon,
-    threshold=gamma / threshold_epsilon,
-    query=2.0 * c * gamma / query_epsilon,
-    release=2.0 * c * gamma / release_epsilon,
-  )
 
 
 def sparse_vector(
@@ -145,7 +106,7 @@ def sparse_vector(
     means the scan stopped at the c-th pass).
   """
   size = update.shape[0]
-  scales = noise_scales(
+  scales = budget.sparse_vector_budget(
     shared_count=shared_count,
     clip_bound=clip_bound,
     selection_epsilon=selection_epsilon,
@@ -153,11 +114,13 @@ def sparse_vector(
   )
   rho = randomness.laplace(
     [],
-    scales.threshold,
+    scales.threshold_scale,
     randomness.substream(seed, randomness.THRESHOLD_STREAM),
   )
   noisy_threshold = tf.constant(threshold, tf.float64) + rho
-  queries = _Queries(update, steps, noisy_threshold, clip_bound, scales.query)
+  queries = _Queries(
+    update, steps, noisy_threshold, clip_bound, scales.query_scale
+  )
   scan = _Scan(queries, shared_count, seed)
   if prefix_fraction is None:
     kappa = randomness.chunk_probability(shared_count, size, queries.low)
@@ -175,7 +138,7 @@ def sparse_vector(
   noisy = _release(
     queries.normalized(tf.gather(update, selected)),
     clip_bound,
-    scales.release,
+    scales.release_scale,
     randomness.substream(seed, randomness.RELEASE_STREAM),
   )
   if steps is not None:

@@ -2,12 +2,21 @@
 
 `train_federated(config, run_dir)` runs weighted FedAvg
 (`tff_brats.learning.fed_avg`) over the institutions of a prepared folder,
-each client's update privatised by the chosen mechanism before it is
-aggregated, on a TFF runtime the trainer owns (`tff_brats.runtime.local`:
-started here, stopped on return, error, Ctrl-C or SIGTERM). A run folder
-(`<root_output_dir>/<experiment_name>/`) holds
+each client's update privatised by the configured mechanism
+(`tff_brats.mechanisms`) before it is aggregated, on a TFF runtime the
+trainer owns (`tff_brats.runtime.local`: started here, stopped on return,
+error, Ctrl-C or SIGTERM).
 
-    hparams.json            the arguments of the run
+The loop itself, `FederatedLoop`, takes the learning process and the
+context it runs in from outside: anything with `initialize`, `next(state,
+client_inputs)`, `get_model_weights` and `set_model_weights` (a
+`tff.learning.templates.LearningProcess`, or a fast stand-in in tests), so
+the budget stop, the privacy journal, resume, client sampling and
+best-model keeping do not depend on how rounds are executed.
+
+A run folder (`<root_output_dir>/<experiment_name>/`) holds
+
+    hparams.json            the arguments of the run (with the mechanism)
     metrics.csv             one row per round: clients, training loss and
                             Dice on crops, values released, ε spent (worst
                             institution), seconds; on evaluated rounds
@@ -15,8 +24,9 @@ started here, stopped on return, error, Ctrl-C or SIGTERM). A run folder
     tensorboard/            the same scalars, plus overlay images
     privacy_ledger.json     per institution, every release and its guarantee
     privacy_ledger.txt      the ledger as a per-institution table (ε summed
-                            and tight at δ)
+                            and tight at δ) with what it does not cover
     privacy_journal.jsonl   write-ahead log of every round started
+                            (`privacy_journal`)
     checkpoints/            `tff.program.FileProgramStateManager` states:
                             learning state, ledger, sampling, best model
     best_model/             the global model of the best evaluated round
@@ -26,36 +36,29 @@ started here, stopped on return, error, Ctrl-C or SIGTERM). A run folder
     summary.json            best round and its scores, ε per institution
     logs/                   the TFF worker's log
 
-Privacy accounting. Once a client has computed its privatised update the
-release has happened, whether or not the round then completes. Before a
-round runs, the trainer appends the round's participants and guarantee to
-`privacy_journal.jsonl` (flushed and fsync'd), under a *release number*
-that only ever grows. The ledger's rounds are these release numbers. A run
-killed mid-round and resumed from its last checkpoint therefore counts the
-interrupted round's releases (they may have reached the coordinator) and
-then the rerun as a new release: nothing is lost, and a completed,
-checkpointed round is never counted twice. In a run that is never
-interrupted release r is round r + 1.
+Privacy accounting: every round is journalled before it runs (see
+`privacy_journal`); the ledger's rounds are release numbers, so an
+interrupted round's releases are counted once and a checkpointed round never
+twice. In a run that is never interrupted release r is round r + 1.
 
-`--target_epsilon`: before each round the ledger answers whether any
-selected institution would pass the target (tight ε at `delta`); if so the
-run stops before that round, saying which institution and what it would
-spend.
+`target_epsilon`: before each round the ledger answers whether any selected
+institution would pass the target (tight ε at `delta`); if so the run stops
+before that round, saying which institution and what it would spend.
 
 Resuming (`resume=True`) continues from the last checkpoint: the learning
 state, ledger, release counter, sampling seed and best model are restored,
-the CSV is cut back to the checkpoint's round, and with integer seeds the
-continued run is the one that would have happened without the stop
-(client sampling and data keys are functions of (seed, round); explicit
-`noise_seed` makes the privacy noise a function of (seed, aggregator round,
-update)).
+and with integer seeds the continued run is the one that would have
+happened without the stop (client sampling and data keys are functions of
+(seed, round); explicit `noise_seed` makes the privacy noise a function of
+(seed, aggregator round, update)).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import dataclasses
+import collections.abc
+import contextlib
 import glob
 import json
 import math
@@ -70,207 +73,26 @@ import tensorflow as tf
 import tensorflow_federated as tff
 import tqdm
 
-from tff_brats.aggregators import factories
 from tff_brats.data import manifest as manifest_lib
-from tff_brats.data import pipeline
 from tff_brats.evaluation import evaluate
+from tff_brats.evaluation import learning_curves
 from tff_brats.inference import export
 from tff_brats.inference import predict
 from tff_brats.learning import client_training
 from tff_brats.learning import fed_avg
 from tff_brats.models import model_io
-from tff_brats.models import precision as precision_lib
 from tff_brats.privacy import accounting
 from tff_brats.runtime import local
+from tff_brats.training import federated_config
+from tff_brats.training import privacy_journal
 from tff_brats.training import run_outputs
 from tff_brats.utils import atomic
-from tff_brats.utils import checks
 
 CHECKPOINT_PREFIX = 'program_state_'
-JOURNAL_NAME = 'privacy_journal.jsonl'
 LEDGER_JSON = 'privacy_ledger.json'
 LEDGER_TABLE = 'privacy_ledger.txt'
-
-# Settings that may change when resuming (the run can be extended).
-_RESUMABLE_CHANGES = ('total_rounds', 'target_epsilon')
-
-
-@dataclasses.dataclass(frozen=True)
-class FederatedConfig:
-  """Hyper-parameters of a federated run (saved as hparams.json).
-
-  Attributes:
-    data_dir: A folder written by `experiments/prepare_data.py`; its
-      clients are the institutions.
-    total_rounds: Rounds to run.
-    clients_per_round: Institutions per round, a seeded sample without
-      replacement; None for all of them every round.
-    client_epochs_per_round: Local passes over a client's cases per round.
-    client_learning_rate: The client Adam's learning rate (state restarts
-      every round).
-    server_optimizer: 'sgd' (plain FedAvg with server_learning_rate 1) or
-      'adam'.
-    server_learning_rate: The server optimiser's learning rate.
-    crop_size, batch_size, crops_per_case, tumour_crop_probability: The
-      clients' input pipeline.
-    init_filters: SegResNet's initial filters.
-    loss: 'dice' or 'dice_bce'.
-    precision: 'float32', 'mixed_float16' (GPUs) or 'mixed_bfloat16'.
-    privacy_mechanism: 'none', 'selective_sharing', 'sparse_vector' or
-      'gaussian' (see README "Privacy").
-    shared_fraction: q (selective sharing, SVT).
-    clip_bound: γ per value (selective sharing, SVT) or the L2 clip of a
-      whole update (gaussian).
-    selection_epsilon, release_epsilon, threshold: SVT's ε, ε3 and τ.
-    normalize_by_steps: Clip the per-step update ΔW / n (selective sharing,
-      SVT).
-    noise_multiplier: gaussian: noise stddev / clip.
-    target_epsilon: Stop before a round that would take any institution
-      past this ε at `delta` (tight composition); None for no limit.
-    delta: δ at which ε is reported and checked.
-    rounds_per_eval: Validate every this many rounds (and after the last).
-    rounds_per_checkpoint: Checkpoint every this many rounds (and after
-      the last).
-    eval_window, eval_overlap, max_eval_cases, num_overlay_cases: The
-      validation (sliding window over whole cases).
-    eval_per_institution: Also score the global model on each
-      institution's own training cases (at most
-      `max_institution_eval_cases` each) when validating.
-    max_institution_eval_cases: See above.
-    seed: Seed of the initial weights, the client sampling and every
-      client's data keys; None draws fresh ones (the sampling seed is then
-      drawn once and saved).
-    noise_seed: None (default): fresh privacy noise from the operating
-      system in every round and client. An int makes the noise
-      reproducible, for experiments only: it voids the guarantee.
-    diagnostics: Also record clipped fractions and noisy thresholds
-      (outside the guarantee; simulations only).
-  """
-
-  data_dir: str
-  total_rounds: int = 20
-  clients_per_round: int | None = None
-  client_epochs_per_round: int = 1
-  client_learning_rate: float = 1e-3
-  server_optimizer: str = 'sgd'
-  server_learning_rate: float = 1.0
-  crop_size: tuple[int, int, int] = (64, 64, 64)
-  batch_size: int = 1
-  crops_per_case: int = 1
-  tumour_crop_probability: float = pipeline.DEFAULT_TUMOUR_CROP_PROBABILITY
-  init_filters: int = 16
-  loss: str = 'dice_bce'
-  precision: str = precision_lib.FLOAT32
-  privacy_mechanism: str = 'sparse_vector'
-  shared_fraction: float = 0.1
-  clip_bound: float = 1e-3
-  selection_epsilon: float | None = None
-  release_epsilon: float | None = None
-  threshold: float = 0.0
-  normalize_by_steps: bool = True
-  noise_multiplier: float | None = None
-  target_epsilon: float | None = None
-  delta: float = 1e-5
-  rounds_per_eval: int = 5
-  rounds_per_checkpoint: int = 1
-  eval_window: tuple[int, int, int] | None = None
-  eval_overlap: float = 0.5
-  max_eval_cases: int | None = None
-  num_overlay_cases: int = 2
-  eval_per_institution: bool = False
-  max_institution_eval_cases: int = 4
-  seed: int | None = 0
-  noise_seed: int | None = None
-  diagnostics: bool = False
-
-  def __post_init__(self):
-    object.__setattr__(self, 'crop_size', tuple(self.crop_size))
-    if self.eval_window is not None:
-      object.__setattr__(self, 'eval_window', tuple(self.eval_window))
-    for name in ('total_rounds', 'rounds_per_eval', 'rounds_per_checkpoint'):
-      checks.check_positive_int(name, getattr(self, name))
-    checks.check_positive_int('init_filters', self.init_filters)
-    checks.check_positive_int(
-      'max_institution_eval_cases', self.max_institution_eval_cases
-    )
-    checks.check_non_negative_int('num_overlay_cases', self.num_overlay_cases)
-    for name in ('clients_per_round', 'max_eval_cases'):
-      if getattr(self, name) is not None:
-        checks.check_positive_int(name, getattr(self, name))
-    for name in ('seed', 'noise_seed'):
-      if getattr(self, name) is not None:
-        checks.check_non_negative_int(name, getattr(self, name))
-    accounting.check_delta(self.delta)
-    if self.target_epsilon is not None:
-      checks.check_positive_number('target_epsilon', self.target_epsilon)
-    if self.privacy_mechanism not in factories.PRIVACY_MECHANISMS:
-      raise ValueError(
-        f'privacy_mechanism must be one of {factories.PRIVACY_MECHANISMS}. '
-        f'Found {self.privacy_mechanism!r}.'
-      )
-    if self.eval_window is not None and (
-      len(self.eval_window) != 3
-      or not all(
-        checks.is_int(s) and s > 0 and s % 8 == 0 for s in self.eval_window
-      )
-    ):
-      raise ValueError(
-        'eval_window must be 3 positive multiples of 8. '
-        f'Found {self.eval_window!r}.'
-      )
-    # Builds (and so validates) the client work and the aggregator.
-    self.client_config()
-    fed_avg.build_server_optimizer(
-      self.server_optimizer, self.server_learning_rate
-    )
-    self.model_aggregator(clients_per_round=1)
-    self.round_record()
-
-  @property
-  def window(self) -> tuple[int, int, int]:
-    return tuple(self.eval_window or self.crop_size)
-
-  def to_json(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
-
-  def client_config(self) -> fed_avg.ClientConfig:
-    return fed_avg.ClientConfig(
-      model_config={'init_filters': self.init_filters},
-      crop_size=self.crop_size,
-      batch_size=self.batch_size,
-      crops_per_case=self.crops_per_case,
-      tumour_crop_probability=self.tumour_crop_probability,
-      client_epochs_per_round=self.client_epochs_per_round,
-      client_learning_rate=self.client_learning_rate,
-      loss=self.loss,
-      precision=self.precision,
-    )
-
-  def model_aggregator(self, clients_per_round: int):
-    return factories.build_model_aggregator(
-      self.privacy_mechanism,
-      shared_fraction=self.shared_fraction,
-      clip_bound=self.clip_bound,
-      selection_epsilon=self.selection_epsilon,
-      release_epsilon=self.release_epsilon,
-      threshold=self.threshold,
-      normalize_by_steps=self.normalize_by_steps,
-      noise_multiplier=self.noise_multiplier,
-      clients_per_round=clients_per_round,
-      noise_seed=self.noise_seed,
-      diagnostics=self.diagnostics,
-    )
-
-  def round_record(self) -> accounting.PrivacyRecord:
-    """What one round guarantees each participating institution."""
-    mode = self.privacy_mechanism
-    if mode == 'sparse_vector':
-      return accounting.PrivacyRecord.sparse_vector(
-        self.selection_epsilon, self.release_epsilon
-      )
-    if mode == 'gaussian':
-      return accounting.PrivacyRecord.gaussian(self.noise_multiplier)
-    return accounting.PrivacyRecord.no_guarantee(mode)
+JOURNAL_NAME = privacy_journal.JOURNAL_NAME
+FederatedConfig = federated_config.FederatedConfig
 
 
 def sample_clients(
@@ -279,13 +101,31 @@ def sample_clients(
   seed: int,
   round_num: int,
 ) -> list[str]:
-  """The round's institutions: all, or a sample that is a function of
-  (seed, round) alone (so a resumed run samples what it would have)."""
+  """The round's institutions, in the order of `client_ids`.
+
+  All of them, or `tff.simulation.build_uniform_sampling_fn`'s sample
+  without replacement, a function of (seed, round) alone (so a resumed run
+  samples what it would have).
+  """
   if clients_per_round is None or clients_per_round >= len(client_ids):
     return list(client_ids)
-  rng = np.random.default_rng([seed, round_num])
-  picked = rng.choice(len(client_ids), size=clients_per_round, replace=False)
+  sample_fn = tff.simulation.build_uniform_sampling_fn(
+    list(range(len(client_ids))), replace=False, random_seed=int(seed)
+  )
+  picked = sample_fn(int(round_num), int(clients_per_round))
   return [client_ids[i] for i in sorted(picked)]
+
+
+def build_learning_process(
+  config: FederatedConfig, clients_per_round: int
+) -> tff.learning.templates.LearningProcess:
+  """The run's TFF learning process (tens of seconds of tracing)."""
+  return fed_avg.build_fed_avg_process(
+    config.client_config(),
+    config.model_aggregator(clients_per_round),
+    server_optimizer=config.server_optimizer,
+    server_learning_rate=config.server_learning_rate,
+  )
 
 
 def train_federated(
@@ -295,7 +135,7 @@ def train_federated(
   resume: bool = False,
   progress: bool = True,
 ) -> dict[str, Any]:
-  """Runs federated training; see the module docstring for the outputs.
+  """Runs federated training on an owned local TFF worker.
 
   Args:
     config: The hyper-parameters.
@@ -304,108 +144,145 @@ def train_federated(
     progress: Show progress bars.
 
   Returns:
-    The content of summary.json.
+    The content of summary.json (see the module docstring).
 
   Raises:
     ValueError: Bad arguments, an existing run folder without `resume`, or
       a resumed run with other hyper-parameters.
   """
-  prepared = manifest_lib.load(config.data_dir)
-  client_ids = list(prepared.client_ids)
-  if not client_ids:
-    raise ValueError(
-      f'data_dir must have clients. Found none in {prepared.root!r}.'
-    )
-  if config.clients_per_round is not None and config.clients_per_round > len(
-    client_ids
-  ):
-    raise ValueError(
-      f'clients_per_round must be at most the {len(client_ids)} institutions '
-      f'of {prepared.root!r}. Found {config.clients_per_round}.'
-    )
-  validation = list(prepared.validation)[: config.max_eval_cases]
-  if not validation:
-    raise ValueError(
-      f'data_dir must have validation cases to select the best model. '
-      f'Found none in {prepared.root!r}; prepare it with '
-      '--validation_fraction or --validation_cases.'
-    )
-  run_outputs.prepare_run_dir(
-    run_dir, config.to_json(), resume=resume, ignore=_RESUMABLE_CHANGES
+  loop = FederatedLoop(config, run_dir)
+  # Builds (and so checks) the aggregator before anything is written.
+  config.model_aggregator(loop.clients_per_round)
+  loop.prepare_run_dir(resume)
+  started = time.monotonic()
+  process = build_learning_process(config, loop.clients_per_round)
+  logging.info(
+    'Built the learning process in %.1f s.', time.monotonic() - started
   )
-  per_round = config.clients_per_round or len(client_ids)
-  trainer = _Trainer(
-    config, run_dir, prepared, client_ids, validation, per_round
+  runtime = local.LocalRuntime(
+    default_num_clients=loop.clients_per_round,
+    log_dir=os.path.join(run_dir, 'logs'),
   )
-  with local.LocalRuntime(
-    default_num_clients=per_round, log_dir=os.path.join(run_dir, 'logs')
-  ):
-    trainer.start(resume)
-    trainer.run(progress)
-  return trainer.finish()
+  return loop.run(process, runtime=runtime, resume=resume, progress=progress)
 
 
-class _Trainer:
-  """The state and steps of one run (see `train_federated`)."""
+class FederatedLoop:
+  """The rounds of one run, on a learning process given from outside.
 
-  def __init__(
-    self, config, run_dir, prepared, client_ids, validation, per_round
-  ):
+  Example (what `train_federated` does):
+
+    loop = FederatedLoop(config, run_dir)
+    loop.prepare_run_dir(resume=False)
+    summary = loop.run(process, runtime=local.LocalRuntime(...))
+  """
+
+  def __init__(self, config: FederatedConfig, run_dir: str):
+    """Checks the prepared data against the config (nothing is written).
+
+    Raises:
+      ValueError: No clients, too many clients per round, or no validation
+        cases in `config.data_dir`.
+    """
     self.config = config
     self.run_dir = run_dir
-    self.prepared = prepared
-    self.client_ids = client_ids
-    self.validation = validation
-    self.per_round = per_round
-    self.record = config.round_record()
-    self.csv = run_outputs.MetricsCsv(run_dir, 'round')
-    self.journal_path = os.path.join(run_dir, JOURNAL_NAME)
-    self.writer = tf.summary.create_file_writer(
-      os.path.join(run_dir, 'tensorboard')
+    self.prepared = manifest_lib.load(config.data_dir)
+    self.client_ids = list(self.prepared.client_ids)
+    root = self.prepared.root
+    if not self.client_ids:
+      raise ValueError(f'data_dir must have clients. Found none in {root!r}.')
+    if config.clients_per_round is not None and config.clients_per_round > len(
+      self.client_ids
+    ):
+      raise ValueError(
+        f'clients_per_round must be at most the {len(self.client_ids)} '
+        f'institutions of {root!r}. Found {config.clients_per_round}.'
+      )
+    self.validation = list(self.prepared.validation)[: config.max_eval_cases]
+    if not self.validation:
+      raise ValueError(
+        f'data_dir must have validation cases to select the best model. '
+        f'Found none in {root!r}; prepare it with --validation_fraction or '
+        '--validation_cases.'
+      )
+    self.clients_per_round = config.clients_per_round or len(self.client_ids)
+    self.record = config.mechanism.record()
+    self.journal = privacy_journal.PrivacyJournal(
+      os.path.join(run_dir, JOURNAL_NAME)
     )
+    self.stopped = None
+    self.last_eval = None
+    self._prepared = False
+
+  def prepare_run_dir(self, resume: bool) -> None:
+    """Creates the run folder (or checks a resumed one) with hparams.json."""
+    run_outputs.prepare_run_dir(
+      self.run_dir,
+      self.config.to_json(),
+      resume=resume,
+      ignore=federated_config.RESUMABLE_CHANGES,
+    )
+    self._prepared = True
+
+  def run(
+    self,
+    process: Any,
+    *,
+    runtime: contextlib.AbstractContextManager | None = None,
+    resume: bool = False,
+    progress: bool = True,
+  ) -> dict[str, Any]:
+    """Runs the remaining rounds, then writes the run's outputs.
+
+    Args:
+      process: The learning process (see the module docstring).
+      runtime: A context every call of `process` runs inside (the TFF
+        runtime); entered once for all rounds and left before the outputs
+        are written. None: no context.
+      resume: Continue from the run folder's last checkpoint.
+      progress: Show a progress bar.
+
+    Returns:
+      The content of summary.json.
+    """
+    if not self._prepared:
+      self.prepare_run_dir(resume)
+    self.process = process
+    self.metrics = run_outputs.MetricsRelease(self.run_dir, 'round')
     self.manager = tff.program.FileProgramStateManager(
-      os.path.join(run_dir, 'checkpoints'),
+      os.path.join(self.run_dir, 'checkpoints'),
       prefix=CHECKPOINT_PREFIX,
       keep_total=2,
     )
-    self.client_config = config.client_config()
-    self.stopped = None
-    self.last_eval = None
+    with runtime if runtime is not None else contextlib.nullcontext():
+      self._start(resume)
+      self._rounds(progress)
+    return self._finish()
 
   # ---------------------------------------------------------------- setup
 
-  def start(self, resume: bool) -> None:
-    started = time.monotonic()
-    self.process = fed_avg.build_fed_avg_process(
-      self.client_config,
-      self.config.model_aggregator(self.per_round),
-      server_optimizer=self.config.server_optimizer,
-      server_learning_rate=self.config.server_learning_rate,
-    )
+  def _start(self, resume: bool) -> None:
+    config = self.config
     # After the process: Keras invalidates models built before others are
     # built inside a graph (TFF traces its computations in graphs).
-    if self.config.seed is not None:
-      tf.keras.utils.set_random_seed(self.config.seed)
-    self.model = self.client_config.build_model()
+    if config.seed is not None:
+      tf.keras.utils.set_random_seed(config.seed)
+    self.model = config.client_config().build_model()
     self.predict_fn = predict.from_keras_model(self.model)
     state = self.process.initialize()
     self.state = self.process.set_model_weights(state, self._model_weights())
-    logging.info(
-      'Built the learning process in %.1f s.', time.monotonic() - started
-    )
     self.round = 0
     self.next_release = 0
     self.ledger = accounting.PrivacyLedger(client_ids=self.client_ids)
     self.sampling_seed = (
-      self.config.seed
-      if self.config.seed is not None
+      config.seed
+      if config.seed is not None
       else int.from_bytes(os.urandom(4), 'little')
     )
     self.best_round, self.best_dice = 0, -1.0
     self.best_weights = [v.numpy() for v in self.model.trainable_variables]
     if resume:
       self._restore()
-    self.csv.truncate_after(self.round)
+    self.next_release = self.journal.replay(self.ledger, self.next_release)
 
   def _model_weights(self):
     return tff.learning.models.ModelWeights(
@@ -433,49 +310,27 @@ class _Trainer:
     versions = asyncio.run(self.manager.get_versions())
     if not versions:
       logging.info('No checkpoint in %s: starting at round 0.', self.run_dir)
-    else:
-      saved = asyncio.run(
-        self.manager.load(versions[-1], self._program_state())
-      )
-      self.state = saved['learning_state']
-      self.round = int(saved['round'])
-      self.next_release = int(saved['next_release'])
-      self.sampling_seed = int(saved['sampling_seed'])
-      ledger_json = saved['ledger']
-      if isinstance(ledger_json, bytes):
-        ledger_json = ledger_json.decode()
-      self.ledger = accounting.PrivacyLedger.from_json(ledger_json)
-      self.best_round = int(saved['best_round'])
-      self.best_dice = float(saved['best_dice'])
-      self.best_weights = [np.asarray(w) for w in saved['best_weights']]
-      self._set_model(self.process.get_model_weights(self.state).trainable)
-      if self.best_round > 0:
-        self._save_best_model()
-      logging.info('Resumed %s after round %d.', self.run_dir, self.round)
-    self._replay_journal()
-
-  def _replay_journal(self) -> None:
-    """Counts releases the journal has and the checkpoint does not."""
-    interrupted = 0
-    for entry in _read_journal(self.journal_path):
-      release = entry['release']
-      if release < self.next_release:
-        continue  # in the checkpoint's ledger already
-      record = accounting.PrivacyRecord.from_dict(entry['record'])
-      self.ledger.record_round(release, entry['clients'], record)
-      self.next_release = release + 1
-      interrupted += 1
-    if interrupted:
-      logging.warning(
-        'Counted %d release(s) of rounds that started after the last '
-        'checkpoint and did not complete into it: their clients may have '
-        'sent privatised updates, so they spend privacy.',
-        interrupted,
-      )
+      return
+    saved = asyncio.run(self.manager.load(versions[-1], self._program_state()))
+    self.state = saved['learning_state']
+    self.round = int(saved['round'])
+    self.next_release = int(saved['next_release'])
+    self.sampling_seed = int(saved['sampling_seed'])
+    ledger_json = saved['ledger']
+    if isinstance(ledger_json, bytes):
+      ledger_json = ledger_json.decode()
+    self.ledger = accounting.PrivacyLedger.from_json(ledger_json)
+    self.best_round = int(saved['best_round'])
+    self.best_dice = float(saved['best_dice'])
+    self.best_weights = [np.asarray(w) for w in saved['best_weights']]
+    self._set_model(self.process.get_model_weights(self.state).trainable)
+    if self.best_round > 0:
+      self._save_best_model()
+    logging.info('Resumed %s after round %d.', self.run_dir, self.round)
 
   # ----------------------------------------------------------------- loop
 
-  def run(self, progress: bool) -> None:
+  def _rounds(self, progress: bool) -> None:
     config = self.config
     bar = tqdm.tqdm(
       total=config.total_rounds,
@@ -490,7 +345,7 @@ class _Trainer:
         clients = self._clients(round_num)
         over = self._over_budget(clients)
         if over:
-          self._stop_at_budget(round_num, clients, over)
+          self._stop_at_budget(round_num, over)
           break
         row = self._run_round(round_num, clients)
         bar.set_postfix(loss=f'{row["train_loss"]:.4f}')
@@ -518,15 +373,15 @@ class _Trainer:
       return True
     return bool(self._over_budget(self._clients(round_num + 1)))
 
-  def _stop_at_budget(self, round_num, clients, over) -> None:
+  def _stop_at_budget(self, round_num: int, over: list[str]) -> None:
     config = self.config
     spent = {c: self.ledger.epsilon(c, delta=config.delta) for c in over}
     details = ', '.join(f'{c} (ε now {spent[c]:.4g})' for c in over)
     self.stopped = (
       f'Stopped before round {round_num}: it would take {details} past '
       f'target_epsilon={config.target_epsilon} at delta={config.delta} '
-      f'(each round spends {self.record.mechanism} '
-      f'{_record_text(self.record)}).'
+      f'(each round spends {config.mechanism.name} '
+      f'{config.mechanism.guarantee_text()}).'
     )
     logging.warning('%s', self.stopped)
 
@@ -534,15 +389,7 @@ class _Trainer:
     config = self.config
     started = time.monotonic()
     release = self.next_release
-    _append_journal(
-      self.journal_path,
-      {
-        'release': release,
-        'round': round_num,
-        'clients': clients,
-        'record': self.record.to_dict(),
-      },
-    )
+    self.journal.append(release, round_num, clients, self.record)
     inputs = [
       collections.OrderedDict(
         shard_paths=np.array(self.prepared.shard_paths(c), dtype=object),
@@ -554,15 +401,7 @@ class _Trainer:
     ]
     output = self.process.next(self.state, inputs)
     self.state = output.state
-    record = factories.privacy_record(
-      self.state.aggregator, config.privacy_mechanism
-    )
-    if record != self.record:
-      raise RuntimeError(
-        f'The aggregator reported {record.key} for round {round_num}, but '
-        f'the configuration promises {self.record.key}.'
-      )
-    self.ledger.record_round(release, clients, record)
+    self.ledger.record_round(release, clients, self.record)
     self.next_release = release + 1
     self.round = round_num
 
@@ -584,7 +423,7 @@ class _Trainer:
       train_dice_wt=dice[1],
       train_dice_et=dice[2],
       non_finite_updates=int(train['non_finite']),
-      **self._privacy_columns(metrics['aggregator']),
+      **_privacy_columns(metrics['aggregator'], config.diagnostics),
       epsilon_worst=worst[1] if worst else 0.0,
       epsilon_worst_client=worst[0] if worst else '',
     )
@@ -598,14 +437,7 @@ class _Trainer:
       if config.eval_per_institution:
         row.update({f'inst_{c}_dice_mean': '' for c in self.client_ids})
     row['seconds'] = round(time.monotonic() - started, 2)
-    run_outputs.write_summaries(
-      self.writer,
-      round_num,
-      row,
-      evaluated,
-      step_key='round',
-    )
-    self.csv.append(row)
+    self.metrics.release(row, evaluated)
     if round_num % config.rounds_per_checkpoint == 0 or last:
       asyncio.run(self.manager.save(self._program_state(), round_num))
     val = row['val_dice_mean']
@@ -623,25 +455,6 @@ class _Trainer:
       row['seconds'],
     )
     return row
-
-  def _privacy_columns(self, aggregator_metrics) -> dict[str, Any]:
-    if self.config.privacy_mechanism == 'gaussian':
-      return {'released_mean': float('nan'), 'epsilon_per_client': ''}
-    privatization = aggregator_metrics['privatization']
-    columns = {
-      'released_mean': float(privatization['released_mean']),
-      'released_min': float(privatization['released_min']),
-      'released_max': float(privatization['released_max']),
-      'epsilon_per_client': float(privatization['epsilon_per_client']),
-    }
-    if self.config.diagnostics:
-      columns['clipped_fraction_mean'] = float(
-        privatization['clipped_fraction_mean']
-      )
-      columns['noisy_threshold_mean'] = float(
-        privatization['noisy_threshold_mean']
-      )
-    return columns
 
   def _set_model(self, trainable) -> None:
     for variable, value in zip(
@@ -689,17 +502,18 @@ class _Trainer:
 
   # --------------------------------------------------------------- finish
 
-  def finish(self) -> dict[str, Any]:
+  def _finish(self) -> dict[str, Any]:
     config, run_dir = self.config, self.run_dir
+    mechanism = config.mechanism
     # self.model holds the latest global model (set after every round and
-    # on restore); the TFF runtime is closed by now.
+    # on restore); the runtime is closed by now.
     model_io.save_model(
       self.model, os.path.join(run_dir, 'final_model'), overwrite=True
     )
     atomic.write_text(
       os.path.join(run_dir, LEDGER_JSON), self.ledger.to_json() + '\n'
     )
-    table = self.ledger.table(config.delta)
+    table = self.ledger.table(config.delta, notes=mechanism.caveats)
     atomic.write_text(os.path.join(run_dir, LEDGER_TABLE), table + '\n')
     exported = None
     if self.best_round > 0:
@@ -708,8 +522,8 @@ class _Trainer:
         os.path.join(run_dir, 'exported_model'),
         overwrite=True,
       )
-    rows = self.csv.rows()
-    write_learning_curves(
+    rows = self.metrics.rows()
+    learning_curves.write_learning_curves(
       rows, os.path.join(run_dir, 'learning_curves.png'), config.delta
     )
     epsilons = {
@@ -729,14 +543,15 @@ class _Trainer:
       else self.last_eval.summary,
       'validation_cases': len(self.validation),
       'privacy': {
-        'mechanism': config.privacy_mechanism,
-        'per_round': _record_text(self.record),
+        'mechanism': mechanism.name,
+        'per_round': mechanism.guarantee_text(),
         'delta': config.delta,
         'epsilon_tight': _finite_or_none(epsilons['pld']),
         'epsilon_summed': _finite_or_none(epsilons['sum']),
         'rounds_per_institution': {
           c: self.ledger.num_rounds(c) for c in self.client_ids
         },
+        'caveats': list(mechanism.caveats),
       },
       'seconds_last_round': float(last['seconds']) if last else None,
       'best_model': os.path.join(run_dir, 'best_model'),
@@ -755,49 +570,32 @@ class _Trainer:
 # ------------------------------------------------------------- helpers ----
 
 
-def _append_journal(path: str, entry: dict[str, Any]) -> None:
-  """Appends one JSON line and makes it durable before the round runs."""
-  with open(path, 'a') as f:
-    f.write(json.dumps(entry, sort_keys=True) + '\n')
-    f.flush()
-    os.fsync(f.fileno())
+def _privacy_columns(aggregator_metrics, diagnostics: bool) -> dict[str, Any]:
+  """Released counts, if the aggregator measures them (client-side ones)."""
+  privatization = _get(aggregator_metrics, 'privatization')
+  if privatization is None:
+    return {'released_mean': math.nan, 'epsilon_per_client': ''}
+  columns = {
+    'released_mean': float(privatization['released_mean']),
+    'released_min': float(privatization['released_min']),
+    'released_max': float(privatization['released_max']),
+    'epsilon_per_client': float(privatization['epsilon_per_client']),
+  }
+  if diagnostics:
+    columns['clipped_fraction_mean'] = float(
+      privatization['clipped_fraction_mean']
+    )
+    columns['noisy_threshold_mean'] = float(
+      privatization['noisy_threshold_mean']
+    )
+  return columns
 
 
-def _read_journal(path: str) -> list[dict[str, Any]]:
-  """The journal's entries; a last line cut short by a kill is ignored."""
-  if not os.path.exists(path):
-    return []
-  entries = []
-  with open(path) as f:
-    lines = f.read().split('\n')
-  for number, line in enumerate(lines, start=1):
-    if not line.strip():
-      continue
-    try:
-      entry = json.loads(line)
-    except json.JSONDecodeError:
-      if number == len(lines):  # a partial last line: the write never finished
-        logging.warning('Ignoring a partial last line in %s.', path)
-        continue
-      raise ValueError(
-        f'{path}: line {number} is not JSON. Found {line[:80]!r}.'
-      ) from None
-    for key in ('release', 'round', 'clients', 'record'):
-      if key not in entry:
-        raise ValueError(
-          f'{path}: line {number} must have {key!r}. Found keys '
-          f'{sorted(entry)}.'
-        )
-    entries.append(entry)
-  return entries
-
-
-def _record_text(record: accounting.PrivacyRecord) -> str:
-  if record.mechanism == accounting.GAUSSIAN:
-    return f'DpEvent {record.dp_event}'
-  if math.isinf(record.epsilon):
-    return 'no DP guarantee (ε = ∞)'
-  return f'(ε = {record.epsilon:g}, δ = {record.delta:g}) per round'
+def _get(structure, name: str):
+  """`structure[name]` (a mapping) or None."""
+  if isinstance(structure, collections.abc.Mapping):
+    return structure.get(name)
+  return None
 
 
 def _count_text(value) -> str:
@@ -808,65 +606,3 @@ def _count_text(value) -> str:
 
 def _finite_or_none(values: dict[str, float]) -> dict[str, float | None]:
   return {k: (v if math.isfinite(v) else None) for k, v in values.items()}
-
-
-def write_learning_curves(
-  rows: list[dict[str, str]], path: str, delta: float
-) -> str:
-  """PNG: validation Dice per region and mean, and ε (worst institution),
-  against rounds. Written atomically."""
-  import matplotlib
-
-  matplotlib.use('Agg')
-  from matplotlib import pyplot as plt
-
-  def series(key):
-    xs, ys = [], []
-    for row in rows:
-      value = row.get(key, '')
-      if value not in ('', 'nan', 'inf'):
-        xs.append(int(row['round']))
-        ys.append(float(value))
-    return xs, ys
-
-  fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
-  for key, label in (
-    ('val_dice_mean', 'mean'),
-    ('val_dice_tc', 'TC'),
-    ('val_dice_wt', 'WT'),
-    ('val_dice_et', 'ET'),
-  ):
-    xs, ys = series(key)
-    top.plot(
-      xs, ys, marker='o', label=label, linewidth=2 if label == 'mean' else 1
-    )
-  top.set_ylabel('validation Dice')
-  top.set_ylim(0, 1)
-  top.legend(loc='lower right')
-  top.grid(alpha=0.3)
-  xs, ys = series('epsilon_worst')
-  if ys:
-    bottom.plot(xs, ys, color='tab:red')
-    bottom.set_ylabel(f'ε at δ={delta:g}\n(worst institution)')
-  else:
-    bottom.text(
-      0.5,
-      0.5,
-      'no DP guarantee (ε = ∞)',
-      ha='center',
-      transform=bottom.transAxes,
-    )
-  bottom.set_xlabel('round')
-  bottom.grid(alpha=0.3)
-  fig.tight_layout()
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  temporary = f'{path}.tmp-{os.getpid()}.png'
-  try:
-    fig.savefig(temporary, dpi=100)
-    os.replace(temporary, path)
-  finally:
-    plt.close(fig)
-    if os.path.exists(temporary):
-      os.remove(temporary)
-  return path

@@ -12,6 +12,7 @@ never duplicates or loses a row. `write_summaries` writes a row's numbers
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from collections.abc import Sequence
 import csv
@@ -23,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
+import tensorflow_federated as tff
 
 from tff_brats.data import layouts
 from tff_brats.evaluation import figures
@@ -30,6 +32,7 @@ from tff_brats.utils import atomic
 
 HPARAMS_NAME = 'hparams.json'
 METRICS_NAME = 'metrics.csv'
+TENSORBOARD_NAME = 'tensorboard'
 
 
 def write_hparams(run_dir: str, hparams: Mapping[str, Any]) -> str:
@@ -157,6 +160,86 @@ class MetricsCsv:
     writer.writeheader()
     writer.writerows(rows)
     atomic.write_text(self.path, buffer.getvalue())
+
+
+class MetricsRelease:
+  """Releases a run's metrics rows through `tff.program` release managers.
+
+  Each `release(row, step, evaluation)` goes to
+
+  * `metrics.csv` (`tff.program.CSVFileReleaseManager`, keyed by the step
+    column): releasing step k first drops every row with a step >= k, so a
+    run resumed from an earlier checkpoint rewrites the rows it repeats;
+  * `tensorboard/` (`tff.program.TensorBoardReleaseManager`): every finite
+    number of the row as a scalar (blank cells, text and NaN/inf stay in the
+    CSV only), plus the evaluation's overlay images
+    (`figures.case_panels`), which release managers do not handle, through
+    a summary writer of our own in the same folder.
+
+  Attributes:
+    csv_path: The CSV file.
+  """
+
+  def __init__(self, run_dir: str, step_column: str):
+    self.csv_path = os.path.join(run_dir, METRICS_NAME)
+    self._step_column = step_column
+    self._csv = tff.program.CSVFileReleaseManager(
+      self.csv_path, key_fieldname=step_column
+    )
+    log_dir = os.path.join(run_dir, TENSORBOARD_NAME)
+    self._tensorboard = _TensorBoardReleaseManager(log_dir)
+    self._images = tf.summary.create_file_writer(log_dir)
+
+  def release(
+    self, row: Mapping[str, Any], evaluation: Any | None = None
+  ) -> None:
+    """Releases one row (its step is `row[step_column]`), then flushes.
+
+    Args:
+      row: Column -> value; the step column first, as in the CSV.
+      evaluation: The step's `evaluate.Evaluation` (None: not evaluated);
+        its `examples` become images `validation/<case_id>`.
+    """
+    step = int(row[self._step_column])
+    values = {k: v for k, v in row.items() if k != self._step_column}
+    scalars = {
+      k: v
+      for k, v in values.items()
+      if isinstance(v, int | float)
+      and not isinstance(v, bool)
+      and math.isfinite(v)
+    }
+
+    async def release_both():
+      await asyncio.gather(
+        self._csv.release(values, key=step),
+        self._tensorboard.release(scalars, key=step),
+      )
+
+    asyncio.run(release_both())
+    self._tensorboard.flush()
+    examples = () if evaluation is None else evaluation.examples
+    with self._images.as_default(step=step):
+      for case_id, image, truth, prediction in examples:
+        panels = figures.case_panels(image, truth, prediction)
+        tf.summary.image(f'validation/{case_id}', panels[np.newaxis])
+    self._images.flush()
+
+  def rows(self) -> list[dict[str, str]]:
+    """The CSV's rows (strings), in step order."""
+    if not os.path.exists(self.csv_path):
+      return []
+    with open(self.csv_path, newline='') as f:
+      return list(csv.DictReader(f))
+
+
+class _TensorBoardReleaseManager(tff.program.TensorBoardReleaseManager):
+  """TFF's TensorBoard release manager, flushed after every release."""
+
+  def flush(self) -> None:
+    # TFF keeps its summary writer private and flushes it only every two
+    # minutes; readers of a run (and its tests) want every released step.
+    self._summary_writer.flush()
 
 
 def write_summaries(

@@ -1,4 +1,4 @@
-"""Tests for tff_brats.privacy.privacy_report (compute_privacy's library).
+"""Tests for tff_brats.mechanisms.privacy_report (compute_privacy's library).
 
 Expected numbers:
 
@@ -20,19 +20,22 @@ import math
 
 import pytest
 
-from tff_brats.privacy import privacy_report
+from tff_brats.mechanisms import privacy_report
 
 pytestmark = pytest.mark.filterwarnings(
   'ignore:np.find_common_type is deprecated:DeprecationWarning'
 )
 
 _SVT = dict(
+  privacy_mechanism='sparse_vector',
+  parameters=dict(
+    shared_fraction=0.1,
+    clip_bound=1e-4,
+    selection_epsilon=0.1,
+    release_epsilon=0.1,
+    threshold=1e-4,
+  ),
   num_values=4_702_227,
-  shared_fraction=0.1,
-  clip_bound=1e-4,
-  selection_epsilon=0.1,
-  release_epsilon=0.1,
-  threshold=1e-4,
   total_rounds=100,
   clients_per_round=3,
   num_clients=13,
@@ -40,16 +43,24 @@ _SVT = dict(
 )
 
 
+def _svt(**parameters):
+  return dict(
+    privacy_mechanism='sparse_vector', parameters=parameters, init_filters=None
+  )
+
+
 def test_sparse_vector_report():
   result = privacy_report.run_compute_privacy(**_SVT)
-  assert result['round'] == {
+  assert result['privacy_mechanism'] == 'sparse_vector'
+  assert result['parameters']['selection_epsilon'] == 0.1
+  assert result['round']['guarantee'] == '(ε = 0.2, δ = 0) per round'
+  assert result['round']['dp_event'] == {
+    'class_name': 'EpsilonDeltaDpEvent',
     'epsilon': pytest.approx(0.2),
     'delta': 0.0,
-    'selection_epsilon': 0.1,
-    'release_epsilon': 0.1,
   }
-  svt = result['sparse_vector']
-  assert svt['num_shared'] == 470_223
+  svt = result['internals']
+  assert svt['shared_count'] == 470_223
   assert svt['threshold_epsilon'] == pytest.approx(1.0416748590665316e-05)
   assert svt['query_epsilon'] == pytest.approx(0.1 - 1.0416748590665316e-05)
   assert svt['threshold_scale'] == pytest.approx(1e-4 / 1.0416748590665316e-05)
@@ -60,6 +71,8 @@ def test_sparse_vector_report():
   assert worst['rounds'] == 100
   assert worst['epsilon_summed'] == pytest.approx(20.0)
   assert worst['epsilon_tight'] == pytest.approx(9.748253704013988, rel=1e-9)
+  # RDP of pure 0.2-DP rounds bounds ε from above, looser than the PLD.
+  assert worst['epsilon_tight'] < worst['epsilon_rdp'] < 20.0
   assert expected['view'] == 'expected'
   assert expected['rounds'] == 24
   assert expected['epsilon_summed'] == pytest.approx(4.8)
@@ -72,13 +85,14 @@ def test_sparse_vector_report():
     'c = ⌈qN⌉ = 470,223',
     'Laplace scale 2cγ/ε3 = 940.446',
     'N sets c and the noise scales, not ε.',
-    'threshold τ = 0.0001 (does not enter ε)',
+    'threshold τ = 0.0001 does not',
     '9.7483',
     '3.9477',
     '20.0000',
     'step count n',
     'worst case: every round',
     'expected: ⌈pR⌉ rounds, not a bound',
+    'one round: ε = 0.2000 at δ = 1e-05 (PLD)',
   ):
     assert text in report
   assert all(len(line) <= 79 for line in report.splitlines())
@@ -86,7 +100,10 @@ def test_sparse_vector_report():
 
 def test_gaussian_report_lines_fit():
   result = privacy_report.run_compute_privacy(
-    mechanism='gaussian', noise_multiplier=3.0, clients_per_round=3
+    privacy_mechanism='gaussian',
+    parameters=dict(noise_multiplier=3.0),
+    clients_per_round=3,
+    init_filters=None,
   )
   report = privacy_report.format_report(result)
   assert all(len(line) <= 79 for line in report.splitlines())
@@ -94,10 +111,10 @@ def test_gaussian_report_lines_fit():
 
 def test_all_clients_every_round_has_one_view():
   result = privacy_report.run_compute_privacy(
-    selection_epsilon=0.5, release_epsilon=0.5, total_rounds=10
+    **_svt(selection_epsilon=0.5, release_epsilon=0.5), total_rounds=10
   )
   assert [t['view'] for t in result['totals']] == ['worst_case']
-  assert result['sparse_vector'] is None
+  assert result['internals'] == {}
   assert 'give num_values or init_filters' in privacy_report.format_report(
     result
   )
@@ -105,7 +122,7 @@ def test_all_clients_every_round_has_one_view():
 
 def test_inverse_release_epsilon_meets_the_target():
   result = privacy_report.run_compute_privacy(
-    selection_epsilon=0.05,
+    **_svt(selection_epsilon=0.05),
     target_epsilon=10.0,
     solve_for='release_epsilon',
     total_rounds=100,
@@ -113,31 +130,35 @@ def test_inverse_release_epsilon_meets_the_target():
   solved = result['solved']
   assert solved['parameter'] == 'release_epsilon'
   assert solved['rounds'] == 100
+  assert solved['method'] == 'pld'
   assert solved['achieved_epsilon'] <= 10.0 * (1 + 1e-9)
   assert solved['achieved_epsilon'] == pytest.approx(10.0, rel=1e-8)
-  assert result['round']['release_epsilon'] == solved['value']
+  assert result['parameters']['release_epsilon'] == solved['value']
   assert result['totals'][0]['epsilon_tight'] == pytest.approx(10.0, rel=1e-8)
+  assert privacy_report.format_report(result).startswith(
+    'Solved release_epsilon = 0.154'
+  )
 
 
 def test_inverse_selection_epsilon():
   result = privacy_report.run_compute_privacy(
-    release_epsilon=0.05,
+    **_svt(release_epsilon=0.05),
     target_epsilon=2.0,
     solve_for='selection_epsilon',
     total_rounds=20,
     clients_per_round=4,
   )
-  assert result['round']['selection_epsilon'] == result['solved']['value']
+  assert result['parameters']['selection_epsilon'] == result['solved']['value']
   assert result['totals'][0]['epsilon_tight'] == pytest.approx(2.0, rel=1e-8)
   assert result['totals'][1]['epsilon_tight'] < 2.0
 
 
 def test_gaussian_report_and_inverse():
   result = privacy_report.run_compute_privacy(
-    mechanism='gaussian',
-    noise_multiplier=0.7,
+    privacy_mechanism='gaussian',
+    parameters=dict(noise_multiplier=0.7, l2_norm_clip=0.5),
     total_rounds=2,
-    clip_bound=0.5,
+    init_filters=None,
   )
   (total,) = result['totals']
   assert total['epsilon_rdp'] == pytest.approx(10.8602036, abs=1e-7)
@@ -145,72 +166,86 @@ def test_gaussian_report_and_inverse():
   report = privacy_report.format_report(result)
   assert 'noise multiplier z = 0.7' in report
   assert 'L2 clip C = 0.5' in report
+  assert 'secure aggregation' in report
   solved = privacy_report.run_compute_privacy(
-    mechanism='gaussian',
+    privacy_mechanism='gaussian',
     target_epsilon=10.8602036,
     solve_for='noise_multiplier',
     total_rounds=2,
+    init_filters=None,
   )
   assert solved['solved']['value'] == pytest.approx(0.7, abs=1e-6)
+  assert solved['solved']['method'] == 'rdp'
   assert solved['totals'][0]['epsilon_rdp'] <= 10.8602036
 
 
 def test_selective_sharing_has_no_finite_epsilon(tmp_path):
   out = tmp_path / 'privacy.json'
   result = privacy_report.run_compute_privacy(
-    mechanism='selective_sharing',
+    privacy_mechanism='selective_sharing',
     num_values=1000,
     clients_per_round=2,
     output_json=str(out),
   )
-  assert result['sparse_vector'] == {'num_shared': 100}
+  assert result['internals'] == {'shared_count': 100}
   for total in result['totals']:
     assert total['epsilon_summed'] == math.inf
+    assert total['epsilon_rdp'] == math.inf
     assert total['epsilon_tight'] == math.inf
   data = json.loads(out.read_text())
   assert data['totals'][0]['epsilon_tight'] == 'inf'
-  assert data['inputs']['mechanism'] == 'selective_sharing'
+  assert data['privacy_mechanism'] == 'selective_sharing'
+  assert data['round']['dp_event'] == {'class_name': 'NonPrivateDpEvent'}
   assert 'no DP guarantee' in privacy_report.format_report(result)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['privacy.json']
+
+
+def test_parameters_of_other_mechanisms_are_ignored():
+  result = privacy_report.run_compute_privacy(
+    privacy_mechanism='gaussian',
+    parameters=dict(noise_multiplier=1.0, selection_epsilon=9.0),
+    init_filters=None,
+  )
+  assert result['parameters'] == {'noise_multiplier': 1.0, 'l2_norm_clip': 0.1}
 
 
 @pytest.mark.parametrize(
   'kwargs, message',
   [
     (
-      dict(num_values=10, init_filters=16),
-      r'num_values and init_filters must not both be given',
-    ),
-    (
-      dict(target_epsilon=1.0),
+      dict(**_svt(), target_epsilon=1.0),
       r'target_epsilon and solve_for must be given together',
     ),
     (
       dict(
-        selection_epsilon=0.1, target_epsilon=1.0, solve_for='noise_multiplier'
+        **_svt(selection_epsilon=0.1),
+        target_epsilon=1.0,
+        solve_for='noise_multiplier',
       ),
-      r"solve_for='noise_multiplier' needs mechanism='gaussian'. "
-      r"Found 'sparse_vector'.",
+      r'solve_for must be one of the parameters sparse_vector can solve for '
+      r"\(release_epsilon, selection_epsilon\). Found 'noise_multiplier'.",
     ),
     (
-      dict(release_epsilon=0.1),
-      r'selection_epsilon must be given for sparse_vector. Found None.',
+      _svt(release_epsilon=0.1),
+      r'selection_epsilon must be a positive number. Found None.',
     ),
     (
-      dict(mechanism='gaussian'),
-      r'noise_multiplier must be given for gaussian. Found None.',
+      dict(privacy_mechanism='gaussian', init_filters=None),
+      r'noise_multiplier must be a non-negative number. Found None.',
     ),
     (
-      dict(mechanism='laplace'),
-      r'mechanism must be one of sparse_vector, gaussian, selective_sharing',
+      dict(privacy_mechanism='laplace'),
+      r'privacy_mechanism must be one of none, selective_sharing, '
+      r'sparse_vector, gaussian',
     ),
-    (dict(delta=0.0), r'delta must be in \(0, 1\). Found 0.0.'),
+    (dict(**_svt(), delta=0.0), r'delta must be in \(0, 1\). Found 0.0.'),
     (
-      dict(clients_per_round=20),
+      dict(**_svt(), clients_per_round=20),
       r'clients_per_round must be at most num_clients=13. Found 20.',
     ),
     (
       dict(
-        selection_epsilon=5.0,
+        **_svt(selection_epsilon=5.0),
         target_epsilon=1.0,
         solve_for='release_epsilon',
       ),
@@ -227,3 +262,10 @@ def test_validation(kwargs, message):
 def test_counts_segresnet_parameters():
   # MONAI's count for 16 initial filters (DESIGN.md).
   assert privacy_report.count_segresnet_parameters(16) == 4_702_227
+  result = privacy_report.run_compute_privacy(
+    privacy_mechanism='selective_sharing', init_filters=16
+  )
+  assert result['num_values'] == 4_702_227
+  assert result['num_values_source'] == (
+    'SegResNet(init_filters=16) trainable parameters'
+  )

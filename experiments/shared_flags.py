@@ -1,0 +1,200 @@
+"""Flags more than one binary uses, each defined once with one default.
+
+Binaries import this module and read the flags they need; a flag that only
+one binary has is defined in that binary. Every name is defined once in the
+whole `experiments` package, so all binaries can be imported into one
+process (their tests run `main` in-process with absl's `flagsaver`).
+
+Flags that a binary needs but that have no sensible default are checked by
+`require(...)` at the start of its `main` (not with absl's `required=True`,
+which would make every binary that imports this module require them).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from experiments import flag_types
+from tff_brats import mechanisms
+from tff_brats.learning import client_training
+from tff_brats.models import precision
+
+FLAGS = flags.FLAGS
+
+# ------------------------------------------------------------ run folder --
+
+DATA_DIR = flags.DEFINE_string(
+  'data_dir',
+  None,
+  'Input folder: a prepared folder (prepare_data output) for training and '
+  'evaluation; BraTS case folders for prepare_data and predict.',
+)
+ROOT_OUTPUT_DIR = flags.DEFINE_string(
+  'root_output_dir', None, 'Folder of all runs; a run is <root>/<name>.'
+)
+EXPERIMENT_NAME = flags.DEFINE_string(
+  'experiment_name',
+  None,
+  "This run's folder name under --root_output_dir (default: the binary's "
+  'name, e.g. federated or centralized).',
+)
+RESUME = flags.DEFINE_bool('resume', False, 'Continue an interrupted run.')
+PROGRESS = flags.DEFINE_bool('progress', True, 'Show progress bars.')
+SEED = flags.DEFINE_integer(
+  'seed',
+  0,
+  'Seed of weights, client sampling, crops and augmentation (-1: fresh).',
+)
+
+# ---------------------------------------------------- model and training --
+
+CROP_SIZE = flag_types.DEFINE_int_list(
+  'crop_size', [64, 64, 64], 'Training crop D,H,W (multiples of 8).'
+)
+BATCH_SIZE = flags.DEFINE_integer('batch_size', 1, 'Crops per training step.')
+CROPS_PER_CASE = flags.DEFINE_integer(
+  'crops_per_case', 1, 'Crops taken from a case each time it is read.'
+)
+TUMOUR_CROP_PROBABILITY = flags.DEFINE_float(
+  'tumour_crop_probability',
+  1 / 3,
+  'Probability that a training crop is centred on tumour.',
+)
+INIT_FILTERS = flags.DEFINE_integer(
+  'init_filters', 16, "SegResNet's initial filters (16: 4,702,227 values)."
+)
+LOSS = flags.DEFINE_enum(
+  'loss', 'dice_bce', list(client_training.LOSSES), 'Soft Dice (+ BCE).'
+)
+PRECISION = flags.DEFINE_enum(
+  'precision',
+  precision.FLOAT32,
+  list(precision.PRECISIONS),
+  'Compute precision (mixed_float16 for GPUs).',
+)
+
+# ------------------------------------------------------------ validation --
+
+EVAL_WINDOW = flag_types.DEFINE_int_list(
+  'eval_window', None, 'Validation sliding window (default: --crop_size).'
+)
+EVAL_OVERLAP = flags.DEFINE_float(
+  'eval_overlap', 0.5, 'Validation window overlap in [0, 1).'
+)
+MAX_EVAL_CASES = flags.DEFINE_integer(
+  'max_eval_cases', None, 'Validate on at most this many cases.'
+)
+NUM_OVERLAY_CASES = flags.DEFINE_integer(
+  'num_overlay_cases', 2, 'Validation cases drawn in TensorBoard.'
+)
+
+# ----------------------------------------------------- rounds and budget --
+
+TOTAL_ROUNDS = flags.DEFINE_integer('total_rounds', 20, 'Rounds R.')
+CLIENTS_PER_ROUND = flags.DEFINE_integer(
+  'clients_per_round', None, 'Institutions per round (default: all).'
+)
+TARGET_EPSILON = flags.DEFINE_float(
+  'target_epsilon',
+  None,
+  'Total ε per institution at --delta: training stops before a round that '
+  'would pass it; compute_privacy solves --solve_for to meet it.',
+)
+DELTA = flags.DEFINE_float('delta', 1e-5, 'δ of every reported ε.')
+
+# ------------------------------------------------------------- privacy ----
+# Each mechanism's parameters are flags named like its dataclass fields
+# (see `privacy_mechanism`).
+
+PRIVACY_MECHANISM = flags.DEFINE_enum(
+  'privacy_mechanism',
+  'sparse_vector',
+  list(mechanisms.NAMES),
+  'What each round sends: none, selective_sharing, sparse_vector (client-'
+  'side) or gaussian (TFF DP-FedAvg).',
+)
+SHARED_FRACTION = flags.DEFINE_float(
+  'shared_fraction',
+  0.1,
+  'q: fraction of values a client releases (selective_sharing, sparse_vector).',
+)
+CLIP_BOUND = flags.DEFINE_float(
+  'clip_bound',
+  1e-3,
+  'γ: every value of the (per-step) update is clipped to [-γ, γ] '
+  '(selective_sharing, sparse_vector).',
+)
+SELECTION_EPSILON = flags.DEFINE_float(
+  'selection_epsilon', None, 'sparse_vector: selection ε per round.'
+)
+RELEASE_EPSILON = flags.DEFINE_float(
+  'release_epsilon', None, 'sparse_vector: release ε3 per round.'
+)
+THRESHOLD = flags.DEFINE_float(
+  'threshold', 0.0, 'sparse_vector: threshold τ on |value| + noise.'
+)
+NORMALIZE_BY_STEPS = flags.DEFINE_bool(
+  'normalize_by_steps',
+  True,
+  'Clip the per-step update ΔW/n (selective_sharing, sparse_vector).',
+)
+NOISE_MULTIPLIER = flags.DEFINE_float(
+  'noise_multiplier', None, 'gaussian: noise stddev / --l2_norm_clip.'
+)
+L2_NORM_CLIP = flags.DEFINE_float(
+  'l2_norm_clip',
+  0.1,
+  "gaussian: L2 bound C of one client's whole update.",
+)
+
+
+def require(*names: str) -> None:
+  """Raises `app.UsageError` naming every flag in `names` that is unset."""
+  missing = [name for name in names if FLAGS[name].value is None]
+  if missing:
+    raise app.UsageError(
+      'Flag(s) must be given: ' + ', '.join(f'--{name}' for name in missing)
+    )
+
+
+def seed() -> int | None:
+  """`--seed`, or None for fresh randomness (-1)."""
+  return None if SEED.value < 0 else SEED.value
+
+
+def privacy_parameters() -> dict[str, Any]:
+  """The flag value of every parameter of `--privacy_mechanism`.
+
+  An explicitly given flag that is a parameter of another mechanism only
+  is reported with a warning (it has no effect).
+  """
+  cls = mechanisms.get(PRIVACY_MECHANISM.value)
+  names = cls.parameter_names()
+  ignored = sorted(
+    name
+    for other in mechanisms.MECHANISMS
+    for name in other.parameter_names()
+    if name not in names and FLAGS[name].present
+  )
+  for name in dict.fromkeys(ignored):
+    logging.warning(
+      '--%s has no effect with --privacy_mechanism=%s (its parameters: %s).',
+      name,
+      cls.name,
+      ', '.join(names) or 'none',
+    )
+  return {name: FLAGS[name].value for name in names}
+
+
+def privacy_mechanism() -> mechanisms.PrivacyMechanism:
+  """The mechanism of `--privacy_mechanism` with its parameter flags.
+
+  Raises:
+    ValueError: A parameter is missing or invalid (the message names it).
+  """
+  cls = mechanisms.get(PRIVACY_MECHANISM.value)
+  return cls.from_parameters(privacy_parameters())

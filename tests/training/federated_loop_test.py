@@ -1,0 +1,499 @@
+"""Tests of the federated loop on a fast stand-in process (no TFF runtime).
+
+`FakeProcess` (fake_process.py) replaces the TFF learning process, so the
+budget stop, the privacy journal, resume, client sampling and best-model
+keeping run in seconds; tests/training/federated_test.py runs the real
+process end to end.
+"""
+
+import contextlib
+import csv
+import json
+import os
+import re
+
+from absl.testing import absltest
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests import testing_utils
+from tests.training import fake_process
+from tff_brats import mechanisms
+from tff_brats.evaluation import evaluate
+from tff_brats.models import model_io
+from tff_brats.privacy import accounting
+from tff_brats.training import federated
+from tff_brats.training import privacy_journal
+
+_CLIENTS = ('a', 'b', 'c')
+_SVT = mechanisms.SparseVector(
+  shared_fraction=0.1,
+  clip_bound=1e-3,
+  selection_epsilon=1.0,
+  release_epsilon=1.0,
+  threshold=5e-4,
+)
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  root = tmp_path_factory.mktemp('prepared')
+  testing_utils.write_prepared_folder(
+    str(root),
+    {'a': [(16, 16, 16)] * 2, 'b': [(16, 18, 16)], 'c': [(18, 16, 16)]},
+    validation_shapes=[(16, 16, 16), (18, 16, 16)],
+  )
+  return str(root)
+
+
+def _config(data_dir, **overrides):
+  kwargs = dict(
+    data_dir=data_dir,
+    mechanism=_SVT,
+    total_rounds=2,
+    crop_size=(16, 16, 16),
+    init_filters=8,
+    tumour_crop_probability=1.0,
+    rounds_per_eval=1,
+    num_overlay_cases=1,
+    seed=3,
+  )
+  kwargs.update(overrides)
+  return federated.FederatedConfig(**kwargs)
+
+
+def _run(
+  config, run_dir, *, process=None, resume=False, runtime=None, export=False
+):
+  """Runs the loop on a FakeProcess.
+
+  Unless `export`, the SavedModel export at the end (seconds of tracing,
+  tested in fake_run and in tests/inference) only returns its path.
+  """
+  process = process or fake_process.FakeProcess()
+  loop = federated.FederatedLoop(config, run_dir)
+  with contextlib.ExitStack() as stack:
+    if not export:
+      stack.enter_context(
+        absltest.mock.patch.object(
+          federated.export,
+          'export_model_dir',
+          lambda model_dir, output_dir, overwrite: output_dir,
+        )
+      )
+    summary = loop.run(process, runtime=runtime, resume=resume, progress=False)
+  return summary, process
+
+
+def _rows(run_dir):
+  with open(os.path.join(run_dir, 'metrics.csv')) as f:
+    return list(csv.DictReader(f))
+
+
+def _ledger(run_dir):
+  with open(os.path.join(run_dir, federated.LEDGER_JSON)) as f:
+    return accounting.PrivacyLedger.from_json(f.read())
+
+
+def _journal(run_dir):
+  return privacy_journal.PrivacyJournal(
+    os.path.join(run_dir, federated.JOURNAL_NAME)
+  ).entries()
+
+
+def _weights(run_dir, name):
+  model = model_io.load_model(os.path.join(run_dir, name))
+  return [v.numpy() for v in model.trainable_variables]
+
+
+def _without_seconds(rows):
+  return [{k: v for k, v in r.items() if k != 'seconds'} for r in rows]
+
+
+# ------------------------------------------------------------ outputs ----
+
+
+@pytest.fixture(scope='module')
+def fake_run(data_dir, tmp_path_factory):
+  run_dir = str(tmp_path_factory.mktemp('fake') / 'run')
+  runtime = fake_process.RecordingContext()
+  summary, process = _run(
+    _config(data_dir, eval_per_institution=True),
+    run_dir,
+    runtime=runtime,
+    export=True,
+  )
+  return run_dir, summary, process, runtime
+
+
+def test_run_writes_every_output(fake_run):
+  run_dir, summary, _, runtime = fake_run
+  assert runtime.events == ['enter', 'exit']
+  assert sorted(os.listdir(run_dir)) == [
+    'best_model',
+    'checkpoints',
+    'exported_model',
+    'final_model',
+    'hparams.json',
+    'learning_curves.png',
+    'metrics.csv',
+    'privacy_journal.jsonl',
+    'privacy_ledger.json',
+    'privacy_ledger.txt',
+    'summary.json',
+    'tensorboard',
+  ]
+  rows = _rows(run_dir)
+  assert [r['round'] for r in rows] == ['1', '2']
+  assert [r['release'] for r in rows] == ['0', '1']
+  for row in rows:
+    assert row['clients'] == '3'
+    assert row['client_ids'] == 'a b c'
+    # FakeProcess: 4 steps per client, loss_sum = steps · 0.5 / round.
+    assert row['steps'] == '12'
+    assert float(row['epsilon_per_client']) == 2.0
+    assert 0.0 <= float(row['val_dice_mean']) <= 1.0
+    for client in _CLIENTS:
+      assert 0.0 <= float(row[f'inst_{client}_dice_mean']) <= 1.0
+  assert [float(r['train_loss']) for r in rows] == [0.5, 0.25]
+  # Pooled Dice 2I/(P+T) of FakeProcess' counts: 2/4, 4/8, 6/12.
+  assert [float(rows[0][f'train_dice_{r}']) for r in ('tc', 'wt', 'et')] == [
+    0.5,
+    0.5,
+    0.5,
+  ]
+  assert [float(r['released_mean']) for r in rows] == [10.0, 20.0]
+  # One round of pure ε = 2 at δ = 1e-5: log(e^2 − δ(1 + e^2)) (Kairouz et
+  # al. 2015, k = 1); two: between the largest round and the sum.
+  one = np.log(np.exp(2.0) - 1e-5 * (1 + np.exp(2.0)))
+  assert float(rows[0]['epsilon_worst']) == pytest.approx(one, abs=1e-5)
+  assert 2.0 < float(rows[1]['epsilon_worst']) <= 4.0
+  with open(os.path.join(run_dir, 'hparams.json')) as f:
+    hparams = json.load(f)
+  assert hparams['privacy_mechanism'] == _SVT.to_dict()
+  assert summary['privacy']['mechanism'] == 'sparse_vector'
+  assert summary['privacy']['per_round'] == '(ε = 2, δ = 0) per round'
+  assert summary['privacy']['epsilon_summed'] == {c: 4.0 for c in _CLIENTS}
+  assert summary['privacy']['caveats'] == list(_SVT.caveats)
+  assert summary['rounds_completed'] == 2
+  assert summary['releases'] == 2
+  assert summary['stopped'] is None
+  with open(os.path.join(run_dir, federated.LEDGER_TABLE)) as f:
+    table = f.read()
+  assert all(
+    re.search(rf'^{c}\s+2\s+sparse_vector', table, re.M) for c in _CLIENTS
+  )
+  assert 'step count n' in table
+  with open(os.path.join(run_dir, 'learning_curves.png'), 'rb') as f:
+    assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+  # The exported SavedModel serves the best model's probabilities.
+  exported = tf.saved_model.load(summary['exported_model'])
+  out = exported.signatures['serving_default'](tf.zeros((1, 16, 16, 16, 4)))
+  (probabilities,) = out.values()
+  assert probabilities.shape == (1, 16, 16, 16, 3)
+  assert tf.io.gfile.glob(os.path.join(run_dir, 'tensorboard', 'events*'))
+
+
+def test_final_model_is_the_process_state(fake_run):
+  run_dir, _, process, _ = fake_run
+  assert len(process.calls) == 2
+  final = _weights(run_dir, 'final_model')
+  # The fake's rounds moved every weight.
+  initial = [np.zeros_like(w) for w in final]
+  assert any(not np.allclose(a, b) for a, b in zip(final, initial, strict=True))
+
+
+# ------------------------------------------------------------- budget ----
+
+
+def test_target_epsilon_stops_before_the_round_that_would_pass_it(
+  data_dir, tmp_path
+):
+  run_dir = str(tmp_path / 'run')
+  # ε = 2 per round: after 2 rounds every institution has spent 4 (tight:
+  # just below 4); a third round would take it to about 6 > 5.
+  summary, process = _run(
+    _config(data_dir, total_rounds=5, target_epsilon=5.0, rounds_per_eval=5),
+    run_dir,
+  )
+  assert len(process.calls) == 2
+  assert summary['rounds_completed'] == 2
+  assert summary['stopped'].startswith('Stopped before round 3:')
+  assert 'target_epsilon=5.0' in summary['stopped']
+  assert 'sparse_vector (ε = 2, δ = 0) per round' in summary['stopped']
+  assert [r['round'] for r in _rows(run_dir)] == ['1', '2']
+  # The last completed round was evaluated although it is not a multiple
+  # of rounds_per_eval, so the best model exists.
+  assert summary['best_round'] == 2
+  for value in summary['privacy']['epsilon_tight'].values():
+    assert 3.9 < value <= 4.0
+  # Nothing was journalled for the round that did not run.
+  assert [e['round'] for e in _journal(run_dir)] == [1, 2]
+
+
+# ---------------------------------------------------- journal and resume ----
+
+
+def test_a_round_interrupted_after_its_release_counts_once(data_dir, tmp_path):
+  run_dir = str(tmp_path / 'run')
+  _run(_config(data_dir, total_rounds=1), run_dir)
+  # Round 2 started (its release is journalled) and the process died before
+  # the round's checkpoint; a kill also cut the next line short.
+  journal = privacy_journal.PrivacyJournal(
+    os.path.join(run_dir, federated.JOURNAL_NAME)
+  )
+  journal.append(1, 2, list(_CLIENTS), _SVT.record())
+  with open(journal.path, 'a') as f:
+    f.write('{"release": 2, "rou')
+  with absltest.mock.patch.object(privacy_journal.logging, 'warning') as warn:
+    summary, _ = _run(_config(data_dir, total_rounds=3), run_dir, resume=True)
+  messages = [call.args[0] % call.args[1:] for call in warn.call_args_list]
+  assert any('Counted 1 release(s)' in m for m in messages)
+  assert any('partial last line' in m for m in messages)
+  rows = _rows(run_dir)
+  assert [r['round'] for r in rows] == ['1', '2', '3']
+  # Release 1 is the interrupted round 2: it counts, and the rerun is
+  # release 2. Every journal entry is in the ledger exactly once.
+  assert [r['release'] for r in rows] == ['0', '2', '3']
+  assert [(e['release'], e['round']) for e in _journal(run_dir)] == [
+    (0, 1),
+    (1, 2),
+    (2, 2),
+    (3, 3),
+  ]
+  ledger = _ledger(run_dir)
+  for client in _CLIENTS:
+    assert [r for r, _ in ledger.history(client)] == [0, 1, 2, 3]
+  assert summary['rounds_completed'] == 3
+  assert summary['releases'] == 4
+  assert summary['privacy']['epsilon_summed'] == {c: 8.0 for c in _CLIENTS}
+
+
+def test_resume_continues_exactly(data_dir, tmp_path):
+  straight = str(tmp_path / 'straight')
+  _, whole = _run(
+    _config(data_dir, total_rounds=4, rounds_per_eval=2), straight
+  )
+  split = str(tmp_path / 'split')
+  _run(_config(data_dir, total_rounds=2, rounds_per_eval=2), split)
+  _, resumed = _run(
+    _config(data_dir, total_rounds=4, rounds_per_eval=2), split, resume=True
+  )
+  # The resumed process ran rounds 3 and 4 with the clients' same data keys.
+  assert [r for r, _ in resumed.calls] == [3, 4]
+  for (_, a), (_, b) in zip(whole.calls[2:], resumed.calls, strict=True):
+    for x, y in zip(a, b, strict=True):
+      np.testing.assert_array_equal(x['data_key'], y['data_key'])
+  for a, b in zip(
+    _weights(straight, 'final_model'),
+    _weights(split, 'final_model'),
+    strict=True,
+  ):
+    np.testing.assert_array_equal(a, b)
+  assert _ledger(straight).to_json() == _ledger(split).to_json()
+  assert _without_seconds(_rows(straight)) == _without_seconds(_rows(split))
+
+
+def test_resume_refuses_changed_hyper_parameters(fake_run, data_dir, tmp_path):
+  import shutil
+
+  run_dir = str(tmp_path / 'run')
+  shutil.copytree(fake_run[0], run_dir)
+  before = _rows(run_dir)
+  with pytest.raises(ValueError, match=r'client_learning_rate: saved 0.001'):
+    _run(
+      _config(
+        data_dir,
+        total_rounds=3,
+        eval_per_institution=True,
+        client_learning_rate=0.01,
+      ),
+      run_dir,
+      resume=True,
+    )
+  with pytest.raises(ValueError, match=r'privacy_mechanism: saved'):
+    _run(
+      _config(
+        data_dir,
+        eval_per_institution=True,
+        mechanism=mechanisms.SelectiveSharing(0.1, 1e-3),
+      ),
+      run_dir,
+      resume=True,
+    )
+  with pytest.raises(ValueError, match=r'run_dir must be new or empty'):
+    _run(_config(data_dir, eval_per_institution=True), run_dir)
+  # Nothing of the run was touched.
+  assert _rows(run_dir) == before
+  assert sorted(os.listdir(run_dir)) == sorted(os.listdir(fake_run[0]))
+
+
+# ------------------------------------------------------------ sampling ----
+
+
+def test_sampled_clients_train_and_spend(data_dir, tmp_path):
+  run_dir = str(tmp_path / 'run')
+  summary, process = _run(
+    _config(data_dir, total_rounds=3, clients_per_round=2, rounds_per_eval=3),
+    run_dir,
+  )
+  ledger = _ledger(run_dir)
+  counts = dict.fromkeys(_CLIENTS, 0)
+  for row, (round_num, inputs) in zip(
+    _rows(run_dir), process.calls, strict=True
+  ):
+    picked = federated.sample_clients(list(_CLIENTS), 2, 3, round_num)
+    assert row['client_ids'].split() == picked
+    assert row['clients'] == '2'
+    # The process got the picked clients' shards, in that order.
+    shards = [list(i['shard_paths']) for i in inputs]
+    assert shards == [
+      [os.path.join(data_dir, 'shards', f'{c}-00000-of-00001.tfrecord')]
+      for c in picked
+    ]
+    for client in picked:
+      counts[client] += 1
+  for client in _CLIENTS:
+    assert ledger.num_rounds(client) == counts[client]
+    assert (
+      summary['privacy']['rounds_per_institution'][client] == counts[client]
+    )
+    if counts[client] == 0:
+      assert summary['privacy']['epsilon_tight'][client] == 0.0
+
+
+def test_sampling_is_a_function_of_seed_and_round():
+  ids = [f'i{k}' for k in range(13)]
+  a = [federated.sample_clients(ids, 3, 7, r) for r in range(1, 50)]
+  assert a == [federated.sample_clients(ids, 3, 7, r) for r in range(1, 50)]
+  assert all(len(set(s)) == 3 and s == sorted(s, key=ids.index) for s in a)
+  # 49 rounds of 3 of 13: the chance that one seed repeats the other's
+  # whole sequence is (1/286)^49.
+  assert a != [federated.sample_clients(ids, 3, 8, r) for r in range(1, 50)]
+  assert federated.sample_clients(ids, None, 7, 1) == ids
+  assert federated.sample_clients(ids, 13, 7, 1) == ids
+
+
+# ---------------------------------------------------------- best model ----
+
+
+def _scripted_evaluations(monkeypatch, mean_dice):
+  """evaluate_prepared returns these mean Dice values, one call per round."""
+  scores = iter(mean_dice)
+
+  def fake_evaluate(predict_fn, prepared, case_ids, **kwargs):
+    del predict_fn, prepared, kwargs
+    dice = next(scores)
+    per_case = [
+      {
+        'case_id': c,
+        **{f'dice_{r}': dice for r in ('TC', 'WT', 'ET', 'mean')},
+        **{f'hd95_{r}': 1.0 for r in ('TC', 'WT', 'ET', 'mean')},
+      }
+      for c in case_ids
+    ]
+    summary = {
+      k: {'mean': v, 'median': v, 'std': 0.0}
+      for k, v in per_case[0].items()
+      if k != 'case_id'
+    }
+    return evaluate.Evaluation(per_case, summary, [])
+
+  monkeypatch.setattr(evaluate, 'evaluate_prepared', fake_evaluate)
+
+
+def test_best_model_is_the_best_evaluated_round(
+  data_dir, tmp_path, monkeypatch
+):
+  _scripted_evaluations(monkeypatch, [0.2, 0.6, 0.4])
+  run_dir = str(tmp_path / 'run')
+  states = []
+  process = fake_process.FakeProcess()
+  original_next = process.next
+
+  def recording_next(state, inputs):
+    output = original_next(state, inputs)
+    states.append([np.array(w) for w in output.state['trainable']])
+    return output
+
+  process.next = recording_next
+  summary, _ = _run(_config(data_dir, total_rounds=3), run_dir, process=process)
+  assert summary['best_round'] == 2
+  assert summary['best_val_dice_mean'] == pytest.approx(0.6)
+  for a, b in zip(_weights(run_dir, 'best_model'), states[1], strict=True):
+    np.testing.assert_array_equal(a, b)
+  for a, b in zip(_weights(run_dir, 'final_model'), states[2], strict=True):
+    np.testing.assert_array_equal(a, b)
+  assert summary['exported_model'] == os.path.join(run_dir, 'exported_model')
+
+
+def test_best_model_survives_resume(data_dir, tmp_path, monkeypatch):
+  _scripted_evaluations(monkeypatch, [0.2, 0.6, 0.4])
+  run_dir = str(tmp_path / 'run')
+  _run(_config(data_dir, total_rounds=2), run_dir)
+  best = _weights(run_dir, 'best_model')
+  summary, _ = _run(_config(data_dir, total_rounds=3), run_dir, resume=True)
+  assert summary['best_round'] == 2
+  assert summary['best_val_dice_mean'] == pytest.approx(0.6)
+  for a, b in zip(_weights(run_dir, 'best_model'), best, strict=True):
+    np.testing.assert_array_equal(a, b)
+
+
+# ------------------------------------------------------------- runtime ----
+
+
+def test_an_error_in_a_round_leaves_the_runtime(
+  data_dir, tmp_path, monkeypatch
+):
+  def broken_evaluate(*args, **kwargs):
+    raise RuntimeError('evaluation failed on purpose')
+
+  monkeypatch.setattr(evaluate, 'evaluate_prepared', broken_evaluate)
+  runtime = fake_process.RecordingContext()
+  with pytest.raises(RuntimeError, match='on purpose'):
+    _run(
+      _config(data_dir, total_rounds=1), str(tmp_path / 'r'), runtime=runtime
+    )
+  assert runtime.events == ['enter', 'exit:RuntimeError']
+
+
+# ------------------------------------------------- aggregator metrics ----
+
+
+def test_aggregators_without_release_counts_and_diagnostics(data_dir, tmp_path):
+  gaussian = str(tmp_path / 'gaussian')
+  _run(
+    _config(data_dir, total_rounds=1, mechanism=mechanisms.Gaussian(1.0, 0.1)),
+    gaussian,
+    process=fake_process.FakeProcess(privatization=False),
+  )
+  (row,) = _rows(gaussian)
+  assert row['released_mean'] == 'nan'
+  assert row['epsilon_per_client'] == ''
+  with open(os.path.join(gaussian, federated.LEDGER_TABLE)) as f:
+    assert 'secure aggregation' in f.read()
+  diagnostics = str(tmp_path / 'diagnostics')
+  _run(_config(data_dir, total_rounds=1, diagnostics=True), diagnostics)
+  (row,) = _rows(diagnostics)
+  assert float(row['clipped_fraction_mean']) == 0.25
+  assert float(row['noisy_threshold_mean']) == 0.125
+  assert 'clipped_fraction_mean' not in _rows(gaussian)[0]
+
+
+# ---------------------------------------------------------- validation ----
+
+
+def test_inputs_are_checked_before_anything_is_written(data_dir, tmp_path):
+  run_dir = str(tmp_path / 'r')
+  with pytest.raises(
+    ValueError, match=r'clients_per_round must be at most the 3'
+  ):
+    federated.FederatedLoop(_config(data_dir, clients_per_round=4), run_dir)
+  empty = str(tmp_path / 'empty')
+  testing_utils.write_prepared_folder(
+    empty, {'a': [(16, 16, 16)]}, validation_shapes=[]
+  )
+  with pytest.raises(ValueError, match='data_dir must have validation cases'):
+    federated.FederatedLoop(_config(empty), run_dir)
+  assert not os.path.exists(run_dir)
