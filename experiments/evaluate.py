@@ -10,6 +10,10 @@ Example:
 validation cases are scored; `--cases=all` scores every prepared case,
 `--cases=client:<id>` one client's, and `--cases=<id>,<id>,...` a list.
 
+Without `--window`, windows are the model's recorded training crop; an
+explicit `--window` that differs from it is used with a warning naming
+both, and a model that records nothing gets 64³ windows, with a warning.
+
 Writes `<output_dir>/per_case.csv` (case, region, Dice, HD95 in mm),
 `summary.json` (mean, median and std per region) and `cases.png` (image,
 ground truth and prediction of the first `--num_figure_cases` cases).
@@ -25,6 +29,7 @@ from absl import flags
 
 from experiments import flag_types
 from tff_brats.evaluation import evaluate
+from tff_brats.inference import options as options_lib
 
 _MODEL = flags.DEFINE_string(
   'model', None, 'Model folder or exported SavedModel.', required=True
@@ -41,7 +46,11 @@ _CASES = flags.DEFINE_string(
   "'validation', 'all', 'client:<id>', or comma-separated case ids.",
 )
 _WINDOW = flag_types.DEFINE_int_list(
-  'window', [64, 64, 64], 'Sliding-window size D,H,W.'
+  'window',
+  None,
+  "Sliding-window size D,H,W (or one size). Default: the model's recorded "
+  f'training crop ({",".join(map(str, evaluate.DEFAULT_WINDOW))} if it records '
+  'none).',
 )
 _OVERLAP = flags.DEFINE_float('overlap', 0.5, 'Window overlap in [0, 1).')
 _BLENDING = flags.DEFINE_enum(
@@ -63,17 +72,23 @@ _PROGRESS = flags.DEFINE_bool('progress', True, 'Show a progress bar.')
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {list(argv[1:])}.')
+  window = _WINDOW.value
+  if window is not None and len(window) == 1:
+    window = window[0]
   try:
+    options = options_lib.InferenceOptions(
+      window=window,
+      overlap=_OVERLAP.value,
+      blending=_BLENDING.value,
+      batch_size=_BATCH_SIZE.value,
+      threshold=_THRESHOLD.value,
+    )
     written = evaluate.run_evaluation(
       model=_MODEL.value,
       data_dir=_DATA_DIR.value,
       output_dir=_OUTPUT_DIR.value,
       cases=_CASES.value,
-      window=tuple(_WINDOW.value),
-      overlap=_OVERLAP.value,
-      blending=_BLENDING.value,
-      batch_size=_BATCH_SIZE.value,
-      threshold=_THRESHOLD.value,
+      options=options,
       num_figure_cases=_NUM_FIGURE_CASES.value,
       overwrite=_OVERWRITE.value,
       progress=_PROGRESS.value,

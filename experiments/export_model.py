@@ -11,6 +11,10 @@ custom objects). Its `serving_default` signature maps normalised volumes
 [batch, D, H, W, 3] (TC, WT, ET); its `normalize` signature is the training
 normalisation of one whole case. See `tff_brats.inference.export`.
 
+The model folder's training record (training crop and crop margin, written
+by the trainers) is copied into the SavedModel's metadata, so predict.py
+and evaluate.py use it as their defaults; the binary prints it.
+
 Writing is atomic; an existing output needs `--overwrite`.
 """
 
@@ -45,11 +49,22 @@ def main(argv: Sequence[str]) -> None:
     path = export.export_model_dir(
       _MODEL_DIR.value, _OUTPUT_DIR.value, overwrite=_OVERWRITE.value
     )
+    training = export.read_training_metadata(path)
   except (ValueError, FileExistsError) as e:
     # The message names the argument and the value; a traceback would only
     # bury it.
     raise SystemExit(f'export_model: error: {e}') from None
   print(f'SavedModel: {path}')
+  if training is None:
+    print(
+      'Training record: none (the model folder records no training crop; '
+      'pass --window to predict.py and evaluate.py).'
+    )
+  else:
+    print(
+      f'Training record: crop {list(training.crop_size)}, crop margin '
+      f'{training.crop_margin}.'
+    )
 
 
 def run_main() -> None:

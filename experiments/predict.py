@@ -19,8 +19,12 @@ Writes `<output_dir>/<case_id>.nii.gz` (the BraTS submission name) per case,
 uint8 labels of the case's convention (0/1/2/4 or 0/1/2/3; see
 `--output_layout`) with the first modality's affine and header. An existing
 output is never replaced without `--overwrite`. `--model` is a SavedModel
-from experiments/export_model.py or a model_io folder. See
-`tff_brats.inference.predict`.
+from experiments/export_model.py or a model_io folder.
+
+Without `--window` and `--crop_margin`, the model's recorded training crop
+and crop margin are used; an explicit value that differs from the record is
+used with a warning naming both, and a model that records nothing gets a
+128³ window and margin 0, with a warning. See `tff_brats.inference.predict`.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from absl import app
 from absl import flags
 
 from tff_brats.data import layouts
+from tff_brats.inference import options as options_lib
 from tff_brats.inference import predict
 from tff_brats.inference import sliding_window
 
@@ -69,9 +74,11 @@ _CASE_ID = flags.DEFINE_string(
 )
 _WINDOW = flags.DEFINE_list(
   'window',
-  [str(n) for n in predict.DEFAULT_WINDOW],
+  None,
   "Sliding-window size D,H,W (or one size), a multiple of the model's "
-  'size multiple (8 for SegResNet).',
+  "size multiple (8 for SegResNet). Default: the model's recorded training "
+  f'crop ({",".join(map(str, options_lib.DEFAULT_WINDOW))} if it records '
+  'none).',
 )
 _OVERLAP = flags.DEFINE_float(
   'overlap', sliding_window.DEFAULT_OVERLAP, 'Window overlap in [0, 1).'
@@ -101,9 +108,10 @@ _OUTPUT_LAYOUT = flags.DEFINE_enum(
 )
 _CROP_MARGIN = flags.DEFINE_integer(
   'crop_margin',
-  0,
-  'Voxels kept around the brain box; use the --crop_margin the training '
-  'data were prepared with.',
+  None,
+  'Voxels kept around the brain box, as prepare_data --crop_margin. '
+  "Default: the crop margin of the model's training data (0 if the model "
+  'records none).',
 )
 _OVERWRITE = flags.DEFINE_bool(
   'overwrite', False, 'Replace existing output files.'
@@ -117,17 +125,10 @@ def main(argv: Sequence[str]) -> None:
   image_paths = {
     name: flag.value for name, flag in _MODALITIES.items() if flag.value
   }
+  window = None if _WINDOW.value is None else _parse_window(_WINDOW.value)
   try:
-    written = predict.run_prediction(
-      model=_MODEL.value,
-      output_dir=_OUTPUT_DIR.value,
-      case_dir=_CASE_DIR.value,
-      image_paths=image_paths or None,
-      case_id=_CASE_ID.value,
-      data_dir=_DATA_DIR.value,
-      overwrite=_OVERWRITE.value,
-      progress=_PROGRESS.value,
-      window=_parse_window(_WINDOW.value),
+    options = options_lib.InferenceOptions(
+      window=window,
       overlap=_OVERLAP.value,
       blending=_BLENDING.value,
       sigma_scale=_SIGMA_SCALE.value,
@@ -135,6 +136,17 @@ def main(argv: Sequence[str]) -> None:
       batch_size=_BATCH_SIZE.value,
       output_layout=_OUTPUT_LAYOUT.value,
       crop_margin=_CROP_MARGIN.value,
+    )
+    written = predict.run_prediction(
+      model=_MODEL.value,
+      output_dir=_OUTPUT_DIR.value,
+      case_dir=_CASE_DIR.value,
+      image_paths=image_paths or None,
+      case_id=_CASE_ID.value,
+      data_dir=_DATA_DIR.value,
+      options=options,
+      overwrite=_OVERWRITE.value,
+      progress=_PROGRESS.value,
     )
   except (ValueError, FileExistsError) as e:
     # BratsDataError (a ValueError) names the case, the file and the value;

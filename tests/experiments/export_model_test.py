@@ -14,6 +14,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tff_brats.inference import export
+from tff_brats.models import model_io
+from tff_brats.models import segresnet
+from tff_brats.models import training_metadata
+
 # Each test starts a Python process that imports TensorFlow (~4 s).
 pytestmark = pytest.mark.slow
 
@@ -42,8 +47,6 @@ def _check_error(result, *parts):
 
 
 def test_exports_a_model_io_folder(tmp_path):
-  model_io = pytest.importorskip('tff_brats.models.model_io')
-  segresnet = pytest.importorskip('tff_brats.models.segresnet')
   model = segresnet.SegResNet(
     init_filters=8, blocks_down=(1, 1), blocks_up=(1,)
   )
@@ -53,6 +56,8 @@ def test_exports_a_model_io_folder(tmp_path):
   result = _run(f'--model_dir={tmp_path / "model"}', f'--output_dir={out}')
   assert result.returncode == 0, result.stderr
   assert f'SavedModel: {out}' in result.stdout
+  assert 'Training record: none' in result.stdout
+  assert export.read_training_metadata(str(out)) is None
   image = np.random.default_rng(0).normal(size=(2, 8, 4, 6, 4))
   image = image.astype(np.float32)
   serve = tf.saved_model.load(str(out)).signatures['serving_default']
@@ -67,6 +72,20 @@ def test_exports_a_model_io_folder(tmp_path):
     f'--model_dir={tmp_path / "model"}', f'--output_dir={out}', '--overwrite'
   )
   assert replaced.returncode == 0, replaced.stderr
+
+
+def test_the_training_record_is_copied(tmp_path):
+  model = segresnet.SegResNet(
+    init_filters=8, blocks_down=(1, 1), blocks_up=(1,)
+  )
+  model(tf.zeros([1, 4, 4, 4, 4]))
+  record = training_metadata.TrainingMetadata((48, 48, 48), crop_margin=2)
+  model_io.save_model(model, str(tmp_path / 'model'), training=record)
+  out = tmp_path / 'exported'
+  result = _run(f'--model_dir={tmp_path / "model"}', f'--output_dir={out}')
+  assert result.returncode == 0, result.stderr
+  assert 'Training record: crop [48, 48, 48], crop margin 2.' in result.stdout
+  assert export.read_training_metadata(str(out)) == record
 
 
 def test_missing_model_dir(tmp_path):

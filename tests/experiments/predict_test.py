@@ -22,8 +22,12 @@ import pytest
 from tests.inference import case_files
 from tff_brats.data import layouts
 from tff_brats.data import reader
+from tff_brats.inference import case_prediction
 from tff_brats.inference import export
-from tff_brats.inference import predict
+from tff_brats.inference import options as options_lib
+from tff_brats.inference import predictors
+from tff_brats.models import model_io
+from tff_brats.models import training_metadata
 
 # Each test starts a Python process that imports TensorFlow (~4 s).
 pytestmark = pytest.mark.slow
@@ -94,7 +98,7 @@ def test_segments_a_folder_of_cases(model_dir, data_dir, tmp_path):
   assert 'segmenting cases' in result.stderr  # the progress bar
   # The binary's output is the library's prediction, written on the input's
   # grid with its header.
-  predictor = predict.load_predictor(model_dir)
+  predictor = predictors.load_predictor(model_dir)
   outside = np.ones(case_files.SHAPE, bool)
   outside[tuple(slice(a, b) for a, b in case_files.BOX)] = False
   for case in reader.discover_cases(data_dir, require_label=False):
@@ -103,8 +107,8 @@ def test_segments_a_folder_of_cases(model_dir, data_dir, tmp_path):
     labels = np.asanyarray(written.dataobj)
     assert labels.dtype == np.uint8 and labels.shape == case_files.SHAPE
     assert np.all(labels[outside] == 0)
-    expected = predict.predict_case(
-      predictor, case, window=8, batch_size=2
+    expected = case_prediction.predict_case(
+      predictor, case, options_lib.InferenceOptions(window=8, batch_size=2)
     ).labels
     np.testing.assert_array_equal(labels, expected)
     assert set(np.unique(labels)) <= set(case.layout.labels)
@@ -138,14 +142,16 @@ def test_explicit_files_case_id_and_output_layout(
   assert _outputs(out) == ['patient7.nii.gz']
   assert 'segmenting cases' not in result.stderr
   case = reader.case_from_directory(folder, require_label=False)
-  expected = predict.predict_case(
-    predict.load_predictor(model_dir),
+  expected = case_prediction.predict_case(
+    predictors.load_predictor(model_dir),
     case,
-    window=16,
-    overlap=0.25,
-    blending='constant',
-    threshold=0.4,
-    output_layout='brats2018',
+    options_lib.InferenceOptions(
+      window=16,
+      overlap=0.25,
+      blending='constant',
+      threshold=0.4,
+      output_layout='brats2018',
+    ),
   ).labels
   labels = np.asanyarray(nib.load(str(out / 'patient7.nii.gz')).dataobj)
   np.testing.assert_array_equal(labels, expected)
@@ -351,7 +357,6 @@ def test_model_folder_copy_is_enough(model_dir, data_dir, tmp_path):
 
 
 def test_model_io_folder(data_dir, tmp_path):
-  model_io = pytest.importorskip('tff_brats.models.model_io')
   model_path = str(tmp_path / 'model')
   model_io.save_model(case_files.tiny_segresnet(seed=2), model_path)
   out = tmp_path / 'out'
@@ -365,9 +370,66 @@ def test_model_io_folder(data_dir, tmp_path):
   )
   assert result.returncode == 0, result.stderr
   labels = np.asanyarray(nib.load(str(out / f'{ID18}.nii.gz')).dataobj)
-  expected = predict.predict_case(
-    predict.load_predictor(model_path),
+  expected = case_prediction.predict_case(
+    predictors.load_predictor(model_path),
     reader.case_from_directory(case_dir, require_label=False),
-    window=8,
+    options_lib.InferenceOptions(window=8),
   ).labels
   np.testing.assert_array_equal(labels, expected)
+
+
+def _warning_lines(stderr):
+  return [line for line in stderr.splitlines() if 'differs from' in line]
+
+
+def test_window_and_margin_default_to_the_models_record(data_dir, tmp_path):
+  model_path = str(tmp_path / 'model')
+  model_io.save_model(
+    case_files.tiny_segresnet(seed=2),
+    model_path,
+    training=training_metadata.TrainingMetadata((8, 8, 4), crop_margin=1),
+  )
+  case_dir = os.path.join(data_dir, 'HGG', ID18)
+  out = tmp_path / 'out'
+  result = _run(
+    f'--model={model_path}',
+    f'--case_dir={case_dir}',
+    f'--output_dir={out}',
+    '--noprogress',
+  )
+  assert result.returncode == 0, result.stderr
+  assert 'records no training crop' not in result.stderr
+  assert not _warning_lines(result.stderr)
+  labels = np.asanyarray(nib.load(str(out / f'{ID18}.nii.gz')).dataobj)
+  expected = case_prediction.predict_case(
+    predictors.load_predictor(model_path),
+    reader.case_from_directory(case_dir, require_label=False),
+    options_lib.InferenceOptions(window=(8, 8, 4), crop_margin=1),
+  ).labels
+  np.testing.assert_array_equal(labels, expected)
+  # An explicit window and margin that differ are used, with warnings
+  # naming both values.
+  result = _run(
+    f'--model={model_path}',
+    f'--case_dir={case_dir}',
+    f'--output_dir={tmp_path / "other"}',
+    '--window=16',
+    '--crop_margin=0',
+    '--noprogress',
+  )
+  assert result.returncode == 0, result.stderr
+  window_line, margin_line = _warning_lines(result.stderr)
+  assert '(16, 16, 16)' in window_line and '(8, 8, 4)' in window_line
+  assert 'crop_margin 0 differs' in margin_line and ', 1;' in margin_line
+
+
+def test_a_model_without_record_warns_without_window(model_dir, tmp_path):
+  result = _run(
+    f'--model={model_dir}',
+    f'--case_dir={case_files.write_case(tmp_path / "data", ID18)}',
+    f'--output_dir={tmp_path / "out"}',
+    '--noprogress',
+  )
+  assert result.returncode == 0, result.stderr
+  assert 'The model records no training crop' in result.stderr
+  assert str(options_lib.DEFAULT_WINDOW) in result.stderr

@@ -76,6 +76,7 @@ def test_train_evaluate_export_predict(workspace):
   with open(os.path.join(run_dir, 'metrics.csv')) as f:
     assert [r['epoch'] for r in csv.DictReader(f)] == ['1', '2']
 
+  # No --window: evaluate and predict slide the recorded training crop.
   evaluation = str(root / 'evaluation')
   evaluated = _run(
     'evaluate',
@@ -83,10 +84,11 @@ def test_train_evaluate_export_predict(workspace):
     f'--model={run_dir}/best_model',
     f'--data_dir={prepared}',
     f'--output_dir={evaluation}',
-    '--window=16,16,16',
     '--num_figure_cases=2',
   )
   assert 'per_case_csv' in evaluated.stdout
+  assert 'records no training crop' not in evaluated.stderr
+  assert 'differs from' not in evaluated.stderr
   with open(os.path.join(evaluation, 'per_case.csv')) as f:
     rows = list(csv.DictReader(f))
   with open(os.path.join(prepared, 'manifest.json')) as f:
@@ -98,29 +100,35 @@ def test_train_evaluate_export_predict(workspace):
   with open(os.path.join(evaluation, 'summary.json')) as f:
     summary = json.load(f)
   assert summary['num_cases'] == len(validation)
+  assert summary['window'] == [16, 16, 16]
+  assert summary['training'] == {'crop_size': [16, 16, 16], 'crop_margin': 0}
   assert set(summary['summary']['dice_WT']) == {'mean', 'median', 'std'}
   assert os.path.getsize(os.path.join(evaluation, 'cases.png')) > 1000
 
   exported = str(root / 'exported')
-  _run(
+  exported_run = _run(
     'export_model',
     f'--model_dir={run_dir}/best_model',
     f'--output_dir={exported}',
   )
   assert os.path.exists(os.path.join(exported, 'saved_model.pb'))
+  assert (
+    'Training record: crop [16, 16, 16], crop margin 0.' in exported_run.stdout
+  )
 
   predictions = str(root / 'predictions')
   case_dir = os.path.join(nifti, 'HGG', validation[0])
   for model in (exported, f'{run_dir}/best_model'):
     out = predictions + ('_saved' if model == exported else '_folder')
-    _run(
+    predicted = _run(
       'predict',
       '--noprogress',
       f'--model={model}',
       f'--case_dir={case_dir}',
       f'--output_dir={out}',
-      '--window=16,16,16',
     )
+    assert 'records no training crop' not in predicted.stderr
+    assert 'differs from' not in predicted.stderr
     written = nib.load(os.path.join(out, f'{validation[0]}.nii.gz'))
     source = nib.load(os.path.join(case_dir, f'{validation[0]}_flair.nii.gz'))
     assert written.shape == source.shape

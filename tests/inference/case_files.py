@@ -17,7 +17,8 @@ import numpy as np
 import tensorflow as tf
 
 from tff_brats.data import layouts
-from tff_brats.inference import predict
+from tff_brats.inference import predictors
+from tff_brats.models import training_metadata
 
 SHAPE = (20, 18, 16)
 BOX = ((3, 15), (2, 14), (4, 12))
@@ -102,13 +103,27 @@ def modality_path(folder, layout: layouts.Layout, suffix: str) -> str:
   )
 
 
-def marker_predictor(size_multiple: int = 1) -> predict.Predictor:
-  """Per voxel: region c where normalised channel c > MARKER_THRESHOLD."""
+def marker_predictor(
+  size_multiple: int = 1,
+  training: training_metadata.TrainingMetadata | None = None,
+  seen: list[tuple[int, ...]] | None = None,
+) -> predictors.Predictor:
+  """Per voxel: region c where normalised channel c > MARKER_THRESHOLD.
+
+  Args:
+    size_multiple: The predictor's size multiple.
+    training: The predictor's training record.
+    seen: If given, the shape of every batch is appended to it.
+  """
 
   def fn(batch):
+    if seen is not None:
+      seen.append(batch.shape)
     return (batch[..., :3] > MARKER_THRESHOLD).astype(np.float32)
 
-  return predict.Predictor(fn, size_multiple=size_multiple)
+  return predictors.Predictor(
+    fn, size_multiple=size_multiple, training=training
+  )
 
 
 def tiny_keras_model(seed: int = 0) -> tf.keras.Model:

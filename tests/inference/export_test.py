@@ -21,6 +21,8 @@ import tensorflow as tf
 from tests.inference import case_files
 from tff_brats.data import pipeline
 from tff_brats.inference import export
+from tff_brats.models import model_io
+from tff_brats.models import training_metadata
 
 # A plain-TF consumer: loads each SavedModel, runs both signatures on the
 # saved inputs, saves the outputs, and proves tff_brats was never imported.
@@ -126,6 +128,8 @@ def test_signatures_and_metadata(tmp_path):
   assert metadata['regions'] == ['TC', 'WT', 'ET']
   assert metadata['modalities']['brats2023'] == ['t1n', 't1c', 't2w', 't2f']
   assert sorted(metadata['signatures']) == ['normalize', 'serving_default']
+  assert metadata['training'] is None
+  assert export.read_training_metadata(path) is None
 
 
 def test_size_multiple_comes_from_the_model(tmp_path):
@@ -207,7 +211,6 @@ def test_export_model_dir_errors(tmp_path):
 
 
 def test_export_model_dir_round_trip(tmp_path):
-  model_io = pytest.importorskip('tff_brats.models.model_io')
   model = _segresnet()
   model(tf.zeros([1, 8, 8, 8, 4]))
   model_io.save_model(model, str(tmp_path / 'model'))
@@ -221,6 +224,56 @@ def test_export_model_dir_round_trip(tmp_path):
     image=tf.constant(image)
   )['probabilities']
   np.testing.assert_allclose(got, model(image, training=False), atol=1e-5)
+  # A folder saved without a training record exports none.
+  assert metadata['training'] is None
+  assert export.read_training_metadata(path) is None
+
+
+def test_training_record_is_kept(tmp_path):
+  record = training_metadata.TrainingMetadata((48, 48, 32), crop_margin=2)
+  path = export.export_saved_model(
+    case_files.tiny_keras_model(), str(tmp_path / 'direct'), training=record
+  )
+  assert export.read_metadata(path)['training'] == {
+    'crop_size': [48, 48, 32],
+    'crop_margin': 2,
+  }
+  assert export.read_training_metadata(path) == record
+  with pytest.raises(ValueError, match='training must be a TrainingMetadata'):
+    export.export_saved_model(
+      case_files.tiny_keras_model(),
+      str(tmp_path / 'bad'),
+      training={'crop_size': [8, 8, 8]},
+    )
+  assert not (tmp_path / 'bad').exists()
+
+
+def test_export_model_dir_copies_the_training_record(tmp_path):
+  model = _segresnet()
+  model(tf.zeros([1, 8, 8, 8, 4]))
+  record = training_metadata.TrainingMetadata((16, 16, 8), crop_margin=None)
+  model_io.save_model(model, str(tmp_path / 'model'), training=record)
+  path = export.export_model_dir(str(tmp_path / 'model'), str(tmp_path / 'out'))
+  assert export.read_training_metadata(path) == record
+  assert export.read_metadata(path)['training'] == {
+    'crop_size': [16, 16, 8],
+    'crop_margin': None,
+  }
+
+
+def test_malformed_training_record_is_named(tmp_path):
+  path = export.export_saved_model(
+    case_files.tiny_keras_model(), str(tmp_path / 'out')
+  )
+  metadata_path = os.path.join(path, export.METADATA_PATH)
+  with open(metadata_path) as f:
+    metadata = json.load(f)
+  metadata['training'] = {'crop_size': [8, 8]}
+  with open(metadata_path, 'w') as f:
+    json.dump(metadata, f)
+  with pytest.raises(ValueError, match='field "training" is invalid') as info:
+    export.read_training_metadata(path)
+  assert metadata_path in str(info.value)
 
 
 def test_read_metadata_rejects_other_formats(tmp_path):

@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from tff_brats.models import model_io
 from tff_brats.models import segresnet
+from tff_brats.models import training_metadata
 
 _TINY = dict(init_filters=4, norm_groups=2, blocks_down=(1, 2), blocks_up=(1,))
 
@@ -187,3 +188,47 @@ def test_weights_of_another_architecture_do_not_load(tmp_path):
   )
   with pytest.raises(ValueError, match='do not fit the model'):
     model_io.load_model(folder)
+
+
+# The training record (what inference must match).
+
+
+def test_training_record_round_trip(tmp_path):
+  folder = str(tmp_path / 'model')
+  record = training_metadata.TrainingMetadata((48, 48, 32), 2)
+  model_io.save_model(_trained_model(), folder, training=record)
+  with open(os.path.join(folder, 'config.json')) as f:
+    manifest = json.load(f)
+  assert manifest['training'] == {'crop_size': [48, 48, 32], 'crop_margin': 2}
+  assert model_io.read_training_metadata(folder) == record
+  model_io.load_model(folder)  # the record does not disturb loading
+
+
+def test_folder_without_training_record_loads_and_records_nothing(tmp_path):
+  # Folders written before the record existed have no "training" field.
+  folder = str(tmp_path / 'model')
+  model = _trained_model()
+  model_io.save_model(model, folder)
+  with open(os.path.join(folder, 'config.json')) as f:
+    assert 'training' not in json.load(f)
+  assert model_io.read_training_metadata(folder) is None
+  loaded = model_io.load_model(folder)
+  np.testing.assert_array_equal(loaded(_x()).numpy(), model(_x()).numpy())
+
+
+def test_bad_training_record(tmp_path):
+  with pytest.raises(TypeError, match='training must be a TrainingMetadata'):
+    model_io.save_model(
+      _trained_model(), str(tmp_path / 'm'), training={'crop_size': [8] * 3}
+    )
+  assert not os.listdir(tmp_path)
+  folder = str(tmp_path / 'model')
+  model_io.save_model(_trained_model(), folder)
+  path = _edit_config(folder, lambda m: m.update(training={'crop_size': [8]}))
+  with pytest.raises(
+    ValueError, match=r'field "training" is invalid: crop_size must be 3'
+  ) as error:
+    model_io.read_training_metadata(folder)
+  assert path in str(error.value)
+  with pytest.raises(FileNotFoundError, match='does not exist'):
+    model_io.read_training_metadata(str(tmp_path / 'nowhere'))

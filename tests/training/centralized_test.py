@@ -9,7 +9,9 @@ import pytest
 import tensorflow as tf
 
 from tests import testing_utils
+from tff_brats.data import manifest as manifest_lib
 from tff_brats.models import model_io
+from tff_brats.models import training_metadata
 from tff_brats.training import centralized
 
 # Each test trains a small SegResNet for a few steps (~10-20 s each).
@@ -19,11 +21,15 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope='module')
 def data_dir(tmp_path_factory):
   root = tmp_path_factory.mktemp('prepared')
-  testing_utils.write_prepared_folder(
+  prepared = testing_utils.write_prepared_folder(
     str(root),
     {'a': [(16, 16, 16)] * 2, 'b': [(16, 18, 16)]},
     validation_shapes=[(16, 16, 16), (18, 16, 16)],
   )
+  # As if prepared with prepare_data --crop_margin=1.
+  manifest_lib.Manifest(
+    **{**prepared.__dict__, 'request': {**prepared.request, 'crop_margin': 1}}
+  ).save()
   return str(root)
 
 
@@ -71,10 +77,15 @@ def test_run_writes_every_output(data_dir, tmp_path):
   best = max(float(r['val_dice_mean']) for r in rows)
   assert summary['best_val_dice_mean'] == pytest.approx(best, abs=1e-6)
   assert summary['validation_cases'] == 2
-  # The saved models load and predict.
+  # The saved models load and predict, and record what inference must
+  # match: the training crop and the prepared folder's crop margin.
   model = model_io.load_model(os.path.join(run_dir, 'best_model'))
   out = model(tf.zeros((1, 16, 16, 16, 4)))
   assert out.shape == (1, 16, 16, 16, 3)
+  for name in ('best_model', 'final_model'):
+    assert model_io.read_training_metadata(
+      os.path.join(run_dir, name)
+    ) == training_metadata.TrainingMetadata((16, 16, 16), crop_margin=1)
   # TensorBoard holds scalars and at least one overlay image.
   events = tf.io.gfile.glob(os.path.join(run_dir, 'tensorboard', 'events*'))
   assert events

@@ -12,6 +12,12 @@ every non-zero voxel and every tumour label of the case, and predictions
 are only made inside it (`predict.py` pastes them into a zero volume), so
 both masks are zero outside the crop and neither Dice nor the surface
 distances change.
+
+How the sliding window runs is an `InferenceOptions`, as for prediction:
+unless given, the window is the model's training crop (its record; 64³
+for a model that records none, with a warning). The crop margin is the
+prepared folder's; a model whose training data were prepared with another
+margin is scored with a warning naming both.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import json
 import os
 from typing import Any
 
+from absl import logging
 import numpy as np
 import tqdm
 
@@ -33,14 +40,18 @@ from tff_brats.data import manifest as manifest_lib
 from tff_brats.data import pipeline
 from tff_brats.evaluation import figures
 from tff_brats.evaluation import scoring
-from tff_brats.inference import predict
+from tff_brats.inference import options as options_lib
+from tff_brats.inference import predictors
 from tff_brats.inference import sliding_window
 from tff_brats.utils import atomic
 from tff_brats.utils import checks
 
 # Batch of normalised windows [B, d, h, w, 4] -> probabilities [B, ..., 3],
-# e.g. a `tff_brats.inference.predict.Predictor`.
+# e.g. a `tff_brats.inference.predictors.Predictor`.
 PredictFn = Callable[[np.ndarray], np.ndarray]
+# The window of a model that records no training crop (the trainers' default
+# crop).
+DEFAULT_WINDOW = (64, 64, 64)
 
 
 @dataclasses.dataclass
@@ -53,11 +64,14 @@ class Evaluation:
     summary: `scoring.summarize(per_case)`: mean, median and std of each.
     examples: `(case_id, image, truth, prediction)` of the first
       `num_examples` cases (for figures), image z-scored, masks bool.
+    options: The options the cases were scored with (resolved for the
+      model: window and crop margin set).
   """
 
   per_case: list[dict[str, Any]]
   summary: dict[str, Any]
   examples: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]
+  options: options_lib.InferenceOptions | None = None
 
   @property
   def mean_dice(self) -> float:
@@ -69,37 +83,49 @@ def evaluate_prepared(
   predict_fn: PredictFn,
   prepared: manifest_lib.Manifest,
   case_ids: Sequence[str] | None = None,
+  options: options_lib.InferenceOptions | None = None,
   *,
-  window: Sequence[int] = (64, 64, 64),
-  overlap: float = 0.5,
-  blending: str = 'gaussian',
-  batch_size: int = 1,
-  threshold: float = 0.5,
   num_examples: int = 0,
   progress: bool = False,
+  **option_fields: Any,
 ) -> Evaluation:
   """Predicts and scores prepared cases.
 
   Args:
-    predict_fn: Batch `[B, d, h, w, 4]` -> probabilities `[B, d, h, w, 3]`.
+    predict_fn: Batch `[B, d, h, w, 4]` -> probabilities `[B, d, h, w, 3]`,
+      e.g. a `predictors.Predictor` (whose training record gives the
+      default window).
     prepared: The prepared folder's manifest.
     case_ids: Cases to score (any mix of clients and validation); None means
       the validation cases.
-    window: Sliding-window size.
-    overlap: Fraction of overlap between neighbouring windows.
-    blending: 'gaussian' or 'constant'.
-    batch_size: Windows per model call.
-    threshold: Probability at or above which a voxel is in a region.
+    options: The sliding window and threshold; None means
+      `InferenceOptions()`. Unset, the window is the predictor's training
+      crop (`DEFAULT_WINDOW` if it records none). `crop_margin` and
+      `output_layout` do not apply (the prepared folder fixes the crop;
+      scores are per region).
     num_examples: How many cases to keep in `Evaluation.examples`.
     progress: Whether to show a progress bar over cases.
+    **option_fields: Transitional, for callers not yet passing `options`
+      (the federated trainer's `window=`, `overlap=`): `InferenceOptions`
+      fields; not together with `options`.
 
   Returns:
     The `Evaluation`.
 
   Raises:
     ValueError: `case_ids` names a case the manifest does not have, or is
-      empty.
+      empty; bad options.
   """
+  if option_fields:
+    if options is not None:
+      raise ValueError(
+        'options must not be given together with option fields '
+        f'{sorted(option_fields)}. Found both.'
+      )
+    options = options_lib.InferenceOptions(**option_fields)
+  options = options_lib.resolve_for(
+    options, predict_fn, default_window=DEFAULT_WINDOW
+  )
   if case_ids is None:
     case_ids = prepared.validation
   case_ids = list(case_ids)
@@ -111,6 +137,7 @@ def evaluate_prepared(
       f'case_ids must be cases of {prepared.root}. Found unknown '
       f'{unknown[:5]}{" ..." if len(unknown) > 5 else ""}.'
     )
+  _warn_if_other_crop_margin(predict_fn, prepared)
   wanted = set(case_ids)
   shard_paths = _shards_holding(prepared, case_ids)
   dataset = pipeline.make_evaluation_dataset(shard_paths)
@@ -126,14 +153,9 @@ def evaluate_prepared(
       image = case['image'].numpy()
       truth = case['regions'].numpy() > 0.5
       probabilities = sliding_window.sliding_window_inference(
-        predict_fn,
-        image,
-        window=window,
-        overlap=overlap,
-        blending=blending,
-        batch_size=batch_size,
+        predict_fn, image, **options.sliding_window_kwargs()
       )
-      prediction = sliding_window.threshold(probabilities, threshold)
+      prediction = sliding_window.threshold(probabilities, options.threshold)
       spacing = prepared.cases[case_id].spacing
       scores = scoring.score_case(prediction, truth, spacing)
       per_case[case_id] = {'case_id': case_id, **scoring.flatten_scores(scores)}
@@ -147,6 +169,7 @@ def evaluate_prepared(
       [{k: v for k, v in row.items() if k != 'case_id'} for row in ordered]
     ),
     examples=[examples[c] for c in case_ids if c in examples],
+    options=options,
   )
 
 
@@ -212,27 +235,23 @@ def run_evaluation(
   data_dir: str,
   output_dir: str,
   cases: str = 'validation',
-  window: Sequence[int] = (64, 64, 64),
-  overlap: float = 0.5,
-  blending: str = 'gaussian',
-  batch_size: int = 1,
-  threshold: float = 0.5,
+  options: options_lib.InferenceOptions | None = None,
   num_figure_cases: int = 3,
   overwrite: bool = False,
   progress: bool = True,
 ) -> dict[str, str]:
   """Scores `model` on prepared cases and writes CSV, JSON and a figure.
 
+  `summary.json` holds the scores, the options they were obtained with
+  (window and all) and the model's training record.
+
   Args:
     model: A model folder (`model_io`) or an exported SavedModel.
     data_dir: A prepared folder.
     output_dir: Where to write `per_case.csv`, `summary.json`, `cases.png`.
     cases: See `select_cases`.
-    window: Sliding-window size.
-    overlap: Window overlap.
-    blending: 'gaussian' or 'constant'.
-    batch_size: Windows per model call.
-    threshold: Probability at or above which a voxel is in a region.
+    options: See `evaluate_prepared`; None: the model's training crop as
+      window and the other defaults.
     num_figure_cases: Cases in the figure (0: none).
     overwrite: Whether existing outputs may be replaced.
     progress: Show a progress bar.
@@ -254,16 +273,12 @@ def run_evaluation(
     )
   prepared = manifest_lib.load(data_dir)
   case_ids = select_cases(prepared, cases)
-  predictor = predict.load_predictor(model)
+  predictor = predictors.load_predictor(model)
   result = evaluate_prepared(
     predictor,
     prepared,
     case_ids,
-    window=window,
-    overlap=overlap,
-    blending=blending,
-    batch_size=batch_size,
-    threshold=threshold,
+    options,
     num_examples=num_figure_cases,
     progress=progress,
   )
@@ -275,10 +290,10 @@ def run_evaluation(
     model=os.path.abspath(model),
     data_dir=prepared.root,
     cases=cases,
-    window=list(window),
-    overlap=overlap,
-    blending=blending,
-    threshold=threshold,
+    **_scored_with(result.options),
+    training=(
+      None if predictor.training is None else predictor.training.to_json()
+    ),
   )
   if num_figure_cases:
     scores = {row['case_id']: row for row in result.per_case}
@@ -291,3 +306,30 @@ def run_evaluation(
       ],
     )
   return outputs
+
+
+def _scored_with(options: options_lib.InferenceOptions) -> dict[str, Any]:
+  """The options that apply to scoring prepared cases, as JSON values."""
+  values = options.to_json()
+  # The prepared folder fixes the crop; scores are per region.
+  del values['crop_margin'], values['output_layout']
+  return values
+
+
+def _warn_if_other_crop_margin(
+  predict_fn: PredictFn, prepared: manifest_lib.Manifest
+) -> None:
+  training = getattr(predict_fn, 'training', None)
+  recorded = None if training is None else training.crop_margin
+  prepared_margin = prepared.request.get('crop_margin')
+  if recorded is None or prepared_margin is None:
+    return
+  if recorded != prepared_margin:
+    logging.warning(
+      '%s was prepared with crop_margin %s, the model was trained on data '
+      'prepared with crop_margin %s; scores on other crops than the '
+      "training data's may be lower.",
+      prepared.root,
+      prepared_margin,
+      recorded,
+    )

@@ -13,7 +13,10 @@ the model's variables are saved, not its Python layers). Two signatures:
              probabilities of the regions (TC, WT, ET).
   Batch and spatial sizes are dynamic; every spatial size must be a multiple
   of the model's `size_multiple` (8 for the default SegResNet), which
-  `assets.extra/export.json` records.
+  `assets.extra/export.json` records, together with the model's training
+  record when it has one (`training`: the training crop, which is the
+  window to slide, and the prepared data's crop margin; see
+  `tff_brats.models.training_metadata`).
 * `normalize` (the training normalisation, `pipeline.normalize_intensity`,
   traced from the same code):
     inputs:  `image` float32 `[D, H, W, 4]`, one whole case, raw
@@ -27,8 +30,8 @@ Why normalisation is a separate signature rather than part of
 it; a serving function that normalised its own input would normalise each
 window with that window's statistics, which is not what the network was
 trained on. A consumer normalises the case once with `normalize`, then runs
-windows through `serving_default` (as `tff_brats.inference.predict` does
-with the very same `pipeline.normalize_intensity`).
+windows through `serving_default` (as `tff_brats.inference.case_prediction`
+does with the very same `pipeline.normalize_intensity`).
 
 Writing is atomic: the SavedModel goes into a temporary sibling folder, is
 loaded back and checked against the Keras model on a random input, and only
@@ -49,6 +52,8 @@ import tff_brats
 from tff_brats.data import layouts
 from tff_brats.data import pipeline
 from tff_brats.data import records
+from tff_brats.models import model_io
+from tff_brats.models import training_metadata
 from tff_brats.utils import atomic
 from tff_brats.utils import checks
 
@@ -71,6 +76,7 @@ def export_saved_model(
   overwrite: bool = False,
   size_multiple: int | None = None,
   source: str | None = None,
+  training: training_metadata.TrainingMetadata | None = None,
 ) -> str:
   """Writes `model` as a SavedModel with the signatures of the module doc.
 
@@ -82,6 +88,8 @@ def export_saved_model(
     size_multiple: Every spatial input size must be a multiple of this;
       default `model.size_multiple` if the model has one, else 1.
     source: Where the model came from (recorded in the metadata).
+    training: What inference must match of the model's training (recorded
+      in the metadata; `read_training_metadata` reads it back).
 
   Returns:
     The absolute path of the exported folder.
@@ -89,11 +97,18 @@ def export_saved_model(
   Raises:
     FileExistsError: `output_dir` exists and `overwrite` is False.
     ValueError: `output_dir` is a file or a folder that is not an exported
-      SavedModel, `size_multiple` is bad, or the model does not map 4
-      channels to 3.
+      SavedModel, `size_multiple` or `training` is bad, or the model does
+      not map 4 channels to 3.
   """
   output_dir = os.path.abspath(os.fspath(output_dir))
   _check_output_dir(output_dir, overwrite)
+  if training is not None and not isinstance(
+    training, training_metadata.TrainingMetadata
+  ):
+    raise ValueError(
+      'training must be a TrainingMetadata or None. Found '
+      f'{type(training).__name__}.'
+    )
   if size_multiple is None:
     size_multiple = getattr(model, 'size_multiple', 1)
   checks.check_positive_int('size_multiple', size_multiple)
@@ -119,7 +134,7 @@ def export_saved_model(
     os.makedirs(os.path.join(tmp, os.path.dirname(METADATA_PATH)))
     atomic.write_text(
       os.path.join(tmp, METADATA_PATH),
-      json.dumps(_metadata(size_multiple, source), indent=1) + '\n',
+      json.dumps(_metadata(size_multiple, source, training), indent=1) + '\n',
     )
     _check_round_trip(tmp, probe, expected)
   return output_dir
@@ -129,6 +144,8 @@ def export_model_dir(
   model_dir: str, output_dir: str, *, overwrite: bool = False
 ) -> str:
   """Exports a `tff_brats.models.model_io` folder as a SavedModel.
+
+  The folder's training record (if any) is copied into the metadata.
 
   Args:
     model_dir: A folder written by `model_io.save_model`.
@@ -151,20 +168,18 @@ def export_model_dir(
   # Before loading (which may take long), so a wrong output_dir fails fast.
   _check_output_dir(os.path.abspath(os.fspath(output_dir)), overwrite)
   model = load_model_dir(model_dir)
+  training = model_io.read_training_metadata(model_dir)
   return export_saved_model(
-    model, output_dir, overwrite=overwrite, source=model_dir
+    model,
+    output_dir,
+    overwrite=overwrite,
+    source=model_dir,
+    training=training,
   )
 
 
 def load_model_dir(model_dir: str) -> tf.keras.Model:
-  """Loads a `model_io` folder (imported lazily: models is a later layer)."""
-  try:
-    from tff_brats.models import model_io
-  except ImportError as e:
-    raise ValueError(
-      f'model_dir {model_dir!r} is a model_io folder, but '
-      f'tff_brats.models.model_io cannot be imported ({e}).'
-    ) from e
+  """Loads a `model_io` folder; errors are ValueErrors naming it."""
   try:
     return model_io.load_model(model_dir)
   except (OSError, KeyError, TypeError, ValueError) as e:
@@ -197,6 +212,24 @@ def read_metadata(path: str) -> dict[str, Any] | None:
       f'in {metadata_path!r}.'
     )
   return metadata
+
+
+def read_training_metadata(
+  path: str,
+) -> training_metadata.TrainingMetadata | None:
+  """The training record in an exported folder's metadata, or None.
+
+  Raises:
+    ValueError: Unreadable metadata or a malformed record (naming the file
+      and the field).
+  """
+  metadata = read_metadata(path)
+  if metadata is None or metadata.get(training_metadata.JSON_KEY) is None:
+    return None
+  return training_metadata.TrainingMetadata.from_json(
+    metadata[training_metadata.JSON_KEY],
+    where=os.path.join(path, METADATA_PATH),
+  )
 
 
 def _serving_module(model: tf.keras.Model) -> tf.Module:
@@ -296,12 +329,19 @@ def _check_output_dir(output_dir: str, overwrite: bool) -> None:
     )
 
 
-def _metadata(size_multiple: int, source: str | None) -> dict[str, Any]:
+def _metadata(
+  size_multiple: int,
+  source: str | None,
+  training: training_metadata.TrainingMetadata | None,
+) -> dict[str, Any]:
   return {
     'format': FORMAT,
     'tff_brats_version': tff_brats.__version__,
     'source': source,
     'size_multiple': size_multiple,
+    training_metadata.JSON_KEY: None
+    if training is None
+    else training.to_json(),
     'regions': list(layouts.REGIONS),
     'modalities': {
       name: list(layout.modalities) for name, layout in layouts.LAYOUTS.items()

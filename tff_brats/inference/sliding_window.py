@@ -140,7 +140,7 @@ def window_starts(
     Increasing starts; the first is 0, the last is `size - window`.
   """
   checks.check_positive_int('window', window)
-  _check_overlap(overlap)
+  check_overlap(overlap)
   if not checks.is_int(size) or size < window:
     raise ValueError(
       f'size must be an integer at least window ({window}). Found {size!r}.'
@@ -208,7 +208,7 @@ def importance_map(
     raise ValueError(
       f'blending must be one of {BLENDING_MODES}. Found {blending!r}.'
     )
-  scales = _check_sigma_scale(sigma_scale)
+  scales = check_sigma_scale(sigma_scale)
   if blending == 'constant':
     return np.ones(window, np.float32)
   weights = np.ones((), np.float64)
@@ -282,12 +282,12 @@ def check_options(
     ValueError: Naming the bad option and its value.
   """
   window = check_window(window)
-  _check_overlap(overlap)
+  check_overlap(overlap)
   if blending not in BLENDING_MODES:
     raise ValueError(
       f'blending must be one of {BLENDING_MODES}. Found {blending!r}.'
     )
-  _check_sigma_scale(sigma_scale)
+  check_sigma_scale(sigma_scale)
   checks.check_positive_int('batch_size', batch_size)
   if pad_mode not in PAD_MODES:
     raise ValueError(
@@ -319,6 +319,29 @@ def check_threshold(value: Any) -> None:
     raise ValueError(f'threshold must be in (0, 1). Found {value!r}.')
 
 
+def check_overlap(overlap: Any) -> None:
+  """Raises ValueError unless `overlap` is a number in [0, 1)."""
+  if not checks.is_number(overlap) or not 0.0 <= overlap < 1.0:
+    raise ValueError(f'overlap must be in [0, 1). Found {overlap!r}.')
+
+
+def check_sigma_scale(sigma_scale: Any) -> tuple[float, float, float]:
+  """Returns `sigma_scale` as 3 positive floats (one number: every axis)."""
+  if checks.is_number(sigma_scale):
+    sigma_scale = (sigma_scale,) * 3
+  if (
+    not isinstance(sigma_scale, Sequence)
+    or isinstance(sigma_scale, str)
+    or len(sigma_scale) != 3
+    or not all(checks.is_number(s) and 0 < s < math.inf for s in sigma_scale)
+  ):
+    raise ValueError(
+      'sigma_scale must be one positive number or 3 (one per axis). '
+      f'Found {sigma_scale!r}.'
+    )
+  return tuple(float(s) for s in sigma_scale)
+
+
 def _threshold(probabilities: np.ndarray, value: Any) -> np.ndarray:
   check_threshold(value)
   return np.asarray(probabilities) >= value
@@ -340,27 +363,6 @@ def _check_image(image: Any) -> np.ndarray:
       f'image must be finite. Found {image[index]} at index {index}.'
     )
   return image
-
-
-def _check_overlap(overlap: Any) -> None:
-  if not checks.is_number(overlap) or not 0.0 <= overlap < 1.0:
-    raise ValueError(f'overlap must be in [0, 1). Found {overlap!r}.')
-
-
-def _check_sigma_scale(sigma_scale: Any) -> tuple[float, float, float]:
-  if checks.is_number(sigma_scale):
-    sigma_scale = (sigma_scale,) * 3
-  if (
-    not isinstance(sigma_scale, Sequence)
-    or isinstance(sigma_scale, str)
-    or len(sigma_scale) != 3
-    or not all(checks.is_number(s) and 0 < s < math.inf for s in sigma_scale)
-  ):
-    raise ValueError(
-      'sigma_scale must be one positive number or 3 (one per axis). '
-      f'Found {sigma_scale!r}.'
-    )
-  return tuple(float(s) for s in sigma_scale)
 
 
 def _pad_to_window(

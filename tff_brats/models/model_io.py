@@ -4,11 +4,18 @@ A model folder holds
 
     config.json         {"format_version": 1, "model": "SegResNet",
                          "config": <SegResNet.get_config()>,
-                         "weights": "weights", "tensorflow_version": ...}
+                         "weights": "weights", "tensorflow_version": ...,
+                         "training": {"crop_size": [d, h, w],
+                                      "crop_margin": m}}
     weights.index       the weights as a TensorFlow checkpoint (what
     weights.data-*      `tf.keras.Model.save_weights(..., save_format='tf')`
                         writes and plain Keras 2 `load_weights` reads)
     checkpoint          Keras' checkpoint-state file (relative path)
+
+`training` (optional: folders written without it load, and record nothing)
+is the `training_metadata.TrainingMetadata` inference must match: the
+training crop, inference's default sliding window, and the prepared data's
+crop margin.
 
 The checkpoint matches variables by their place in the model (not by the
 order of layers, as HDF5 files do), so a wrong architecture fails loudly.
@@ -25,6 +32,7 @@ from typing import Any
 import tensorflow as tf
 
 from tff_brats.models import segresnet
+from tff_brats.models import training_metadata
 from tff_brats.utils import atomic
 
 FORMAT_VERSION = 1
@@ -34,7 +42,11 @@ MODEL_NAME = 'SegResNet'
 
 
 def save_model(
-  model: segresnet.SegResNet, path: str, *, overwrite: bool = False
+  model: segresnet.SegResNet,
+  path: str,
+  *,
+  overwrite: bool = False,
+  training: training_metadata.TrainingMetadata | None = None,
 ) -> None:
   """Writes `model` (architecture and weights) to the folder `path`.
 
@@ -43,9 +55,13 @@ def save_model(
     path: The folder to create.
     overwrite: Whether an existing non-empty folder may be replaced (only
       once the new one is complete).
+    training: What inference must match of the model's training (e.g.
+      `TrainingMetadata.for_prepared(prepared, crop_size)`); None records
+      nothing.
 
   Raises:
-    TypeError: `model` is not a `SegResNet`.
+    TypeError: `model` is not a `SegResNet`, or `training` is not a
+      `TrainingMetadata`.
     ValueError: `model` has no weights yet.
     FileExistsError: `path` exists, is not empty and `overwrite` is False.
   """
@@ -55,6 +71,13 @@ def save_model(
     raise ValueError(
       'model must be built (called once) before saving. Found no weights.'
     )
+  if training is not None and not isinstance(
+    training, training_metadata.TrainingMetadata
+  ):
+    raise TypeError(
+      'training must be a TrainingMetadata or None. Found '
+      f'{type(training).__name__}.'
+    )
   manifest = {
     'format_version': FORMAT_VERSION,
     'model': MODEL_NAME,
@@ -62,6 +85,8 @@ def save_model(
     'weights': WEIGHTS_PREFIX,
     'tensorflow_version': tf.__version__,
   }
+  if training is not None:
+    manifest[training_metadata.JSON_KEY] = training.to_json()
   with atomic.staged_directory(path, replace=overwrite) as tmp:
     model.save_weights(os.path.join(tmp, WEIGHTS_PREFIX), save_format='tf')
     with open(os.path.join(tmp, CONFIG_FILE), 'w') as f:
@@ -105,6 +130,26 @@ def load_model(path: str) -> segresnet.SegResNet:
       f'The weights {prefix} do not fit the model of {config_path}: {e}'
     ) from e
   return model
+
+
+def read_training_metadata(
+  path: str,
+) -> training_metadata.TrainingMetadata | None:
+  """The training record of the model folder `path`, or None if it has none.
+
+  Raises:
+    FileNotFoundError: `path` or its config.json is missing.
+    ValueError: config.json is malformed (naming the file and the field).
+  """
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f'Model folder {path} does not exist.')
+  config_path = os.path.join(path, CONFIG_FILE)
+  manifest = _read_manifest(config_path)
+  if manifest.get(training_metadata.JSON_KEY) is None:
+    return None
+  return training_metadata.TrainingMetadata.from_json(
+    manifest[training_metadata.JSON_KEY], where=config_path
+  )
 
 
 def _read_manifest(config_path: str) -> dict[str, Any]:

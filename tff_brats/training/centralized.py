@@ -13,8 +13,10 @@ training cases of a prepared folder pooled. A run folder
                           validation cases (FLAIR | truth | prediction)
     checkpoints/          model, optimiser, epoch and best score, every epoch
     best_model/           the model with the best mean validation Dice
-                          (`tff_brats.models.model_io` folder)
-    final_model/          the model after the last epoch
+                          (`tff_brats.models.model_io` folder, recording
+                          the training crop and the prepared data's crop
+                          margin, which inference uses as its defaults)
+    final_model/          the model after the last epoch (the same)
     summary.json          best epoch and its scores, final scores
 
 `resume=True` continues from the last checkpoint with the same
@@ -40,12 +42,14 @@ import tqdm
 from tff_brats.data import manifest as manifest_lib
 from tff_brats.data import pipeline
 from tff_brats.evaluation import evaluate
-from tff_brats.inference import predict
+from tff_brats.inference import options as options_lib
+from tff_brats.inference import predictors
 from tff_brats.models import losses
 from tff_brats.models import metrics as metrics_lib
 from tff_brats.models import model_io
 from tff_brats.models import precision as precision_lib
 from tff_brats.models import segresnet
+from tff_brats.models import training_metadata
 from tff_brats.training import run_outputs
 from tff_brats.utils import atomic
 from tff_brats.utils import checks
@@ -192,7 +196,13 @@ def train_centralized(
   csv_file.truncate_after(int(epoch.numpy()))
 
   train_step = _make_train_step(model, optimizer, loss_fn, train_metrics)
-  predict_fn = predict.from_keras_model(model)
+  training = training_metadata.TrainingMetadata.for_prepared(
+    prepared, config.crop_size
+  )
+  predict_fn = predictors.from_keras_model(model)
+  eval_options = options_lib.InferenceOptions(
+    window=config.window, overlap=config.eval_overlap
+  )
   writer = tf.summary.create_file_writer(os.path.join(run_dir, 'tensorboard'))
   last_eval = None
   while int(epoch.numpy()) < config.epochs:
@@ -212,8 +222,7 @@ def train_centralized(
         predict_fn,
         prepared,
         validation,
-        window=config.window,
-        overlap=config.eval_overlap,
+        eval_options,
         num_examples=config.num_overlay_cases,
         progress=progress,
       )
@@ -222,7 +231,10 @@ def train_centralized(
         best_dice.assign(last_eval.mean_dice)
         best_epoch.assign(current)
         model_io.save_model(
-          model, os.path.join(run_dir, 'best_model'), overwrite=True
+          model,
+          os.path.join(run_dir, 'best_model'),
+          overwrite=True,
+          training=training,
         )
     else:
       row.update(run_outputs.validation_columns(None))
@@ -248,7 +260,10 @@ def train_centralized(
     )
 
   model_io.save_model(
-    model, os.path.join(run_dir, 'final_model'), overwrite=True
+    model,
+    os.path.join(run_dir, 'final_model'),
+    overwrite=True,
+    training=training,
   )
   summary = {
     'best_epoch': int(best_epoch.numpy()),
