@@ -138,23 +138,12 @@ def test_prepared_with_another_crop_margin_warns(prepared, caplog):
   assert _warnings(caplog) == []
 
 
-def test_option_fields_are_a_transitional_form_of_options(prepared):
-  # The federated trainer still passes window= and overlap=.
-  by_fields = evaluate.evaluate_prepared(
-    _predictor(1.0), prepared, window=(8, 8, 8), overlap=0.25
-  )
-  assert by_fields.options.window == (8, 8, 8)
-  assert by_fields.options.overlap == 0.25
-  by_options = evaluate.evaluate_prepared(
+def test_options_set_the_window_and_overlap(prepared):
+  result = evaluate.evaluate_prepared(
     _predictor(1.0), prepared, options=Options(window=8, overlap=0.25)
   )
-  assert by_fields.per_case == by_options.per_case
-  with pytest.raises(ValueError, match='options must not be given together'):
-    evaluate.evaluate_prepared(
-      _predictor(1.0), prepared, options=Options(window=8), overlap=0.25
-    )
-  with pytest.raises(ValueError, match=r'overlap must be in \[0, 1\)'):
-    evaluate.evaluate_prepared(_predictor(1.0), prepared, overlap=1.0)
+  assert result.options.window == (8, 8, 8)
+  assert result.options.overlap == 0.25
 
 
 def test_case_ids_are_checked(prepared):

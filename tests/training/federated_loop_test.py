@@ -21,7 +21,9 @@ from tests import testing_utils
 from tests.training import fake_process
 from tff_brats import mechanisms
 from tff_brats.evaluation import evaluate
+from tff_brats.inference import export
 from tff_brats.models import model_io
+from tff_brats.models import training_metadata
 from tff_brats.privacy import accounting
 from tff_brats.training import federated
 from tff_brats.training import privacy_journal
@@ -187,6 +189,12 @@ def test_run_writes_every_output(fake_run):
   assert 'step count n' in table
   with open(os.path.join(run_dir, 'learning_curves.png'), 'rb') as f:
     assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+  # Every model records what inference needs to match training (the test
+  # folder's manifest records no crop margin).
+  for name in ('best_model', 'final_model'):
+    record = model_io.read_training_metadata(os.path.join(run_dir, name))
+    assert record == training_metadata.TrainingMetadata((16, 16, 16), None)
+  assert export.read_training_metadata(summary['exported_model']) == record
   # The exported SavedModel serves the best model's probabilities.
   exported = tf.saved_model.load(summary['exported_model'])
   out = exported.signatures['serving_default'](tf.zeros((1, 16, 16, 16, 4)))
@@ -382,7 +390,7 @@ def _scripted_evaluations(monkeypatch, mean_dice):
   """evaluate_prepared returns these mean Dice values, one call per round."""
   scores = iter(mean_dice)
 
-  def fake_evaluate(predict_fn, prepared, case_ids, **kwargs):
+  def fake_evaluate(predict_fn, prepared, case_ids, options=None, **kwargs):
     del predict_fn, prepared, kwargs
     dice = next(scores)
     per_case = [
@@ -398,7 +406,7 @@ def _scripted_evaluations(monkeypatch, mean_dice):
       for k, v in per_case[0].items()
       if k != 'case_id'
     }
-    return evaluate.Evaluation(per_case, summary, [])
+    return evaluate.Evaluation(per_case, summary, [], options)
 
   monkeypatch.setattr(evaluate, 'evaluate_prepared', fake_evaluate)
 

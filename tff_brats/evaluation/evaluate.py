@@ -87,7 +87,6 @@ def evaluate_prepared(
   *,
   num_examples: int = 0,
   progress: bool = False,
-  **option_fields: Any,
 ) -> Evaluation:
   """Predicts and scores prepared cases.
 
@@ -105,9 +104,6 @@ def evaluate_prepared(
       scores are per region).
     num_examples: How many cases to keep in `Evaluation.examples`.
     progress: Whether to show a progress bar over cases.
-    **option_fields: Transitional, for callers not yet passing `options`
-      (the federated trainer's `window=`, `overlap=`): `InferenceOptions`
-      fields; not together with `options`.
 
   Returns:
     The `Evaluation`.
@@ -116,13 +112,6 @@ def evaluate_prepared(
     ValueError: `case_ids` names a case the manifest does not have, or is
       empty; bad options.
   """
-  if option_fields:
-    if options is not None:
-      raise ValueError(
-        'options must not be given together with option fields '
-        f'{sorted(option_fields)}. Found both.'
-      )
-    options = options_lib.InferenceOptions(**option_fields)
   options = options_lib.resolve_for(
     options, predict_fn, default_window=DEFAULT_WINDOW
   )

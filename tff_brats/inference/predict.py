@@ -27,10 +27,6 @@ from tff_brats.inference import options as options_lib
 from tff_brats.inference import predictors
 from tff_brats.inference import segmentation_io
 
-# Transitional, for callers not yet moved to `predictors` (the federated
-# trainer); use `predictors.from_keras_model`.
-from_keras_model = predictors.from_keras_model
-
 
 def segment_cases(
   predictor: Callable[[np.ndarray], Any],

@@ -77,10 +77,12 @@ from tff_brats.data import manifest as manifest_lib
 from tff_brats.evaluation import evaluate
 from tff_brats.evaluation import learning_curves
 from tff_brats.inference import export
-from tff_brats.inference import predict
+from tff_brats.inference import options as options_lib
+from tff_brats.inference import predictors
 from tff_brats.learning import client_training
 from tff_brats.learning import fed_avg
 from tff_brats.models import model_io
+from tff_brats.models import training_metadata
 from tff_brats.privacy import accounting
 from tff_brats.runtime import local
 from tff_brats.training import federated_config
@@ -267,7 +269,14 @@ class FederatedLoop:
     if config.seed is not None:
       tf.keras.utils.set_random_seed(config.seed)
     self.model = config.client_config().build_model()
-    self.predict_fn = predict.from_keras_model(self.model)
+    self.predict_fn = predictors.from_keras_model(self.model)
+    # What inference needs to match training, in every model folder.
+    self.training = training_metadata.TrainingMetadata.for_prepared(
+      self.prepared, config.crop_size
+    )
+    self.eval_options = options_lib.InferenceOptions(
+      window=config.window, overlap=config.eval_overlap
+    )
     state = self.process.initialize()
     self.state = self.process.set_model_weights(state, self._model_weights())
     self.round = 0
@@ -468,8 +477,7 @@ class FederatedLoop:
       self.predict_fn,
       self.prepared,
       self.validation,
-      window=config.window,
-      overlap=config.eval_overlap,
+      self.eval_options,
       num_examples=config.num_overlay_cases,
     )
     row.update(run_outputs.validation_columns(result))
@@ -479,11 +487,7 @@ class FederatedLoop:
           : config.max_institution_eval_cases
         ]
         own = evaluate.evaluate_prepared(
-          self.predict_fn,
-          self.prepared,
-          cases,
-          window=config.window,
-          overlap=config.eval_overlap,
+          self.predict_fn, self.prepared, cases, self.eval_options
         )
         row[f'inst_{client_id}_dice_mean'] = own.mean_dice
     if result.mean_dice > self.best_dice:
@@ -496,7 +500,10 @@ class FederatedLoop:
     current = [v.numpy() for v in self.model.trainable_variables]
     self._set_model(self.best_weights)
     model_io.save_model(
-      self.model, os.path.join(self.run_dir, 'best_model'), overwrite=True
+      self.model,
+      os.path.join(self.run_dir, 'best_model'),
+      overwrite=True,
+      training=self.training,
     )
     self._set_model(current)
 
@@ -508,7 +515,10 @@ class FederatedLoop:
     # self.model holds the latest global model (set after every round and
     # on restore); the runtime is closed by now.
     model_io.save_model(
-      self.model, os.path.join(run_dir, 'final_model'), overwrite=True
+      self.model,
+      os.path.join(run_dir, 'final_model'),
+      overwrite=True,
+      training=self.training,
     )
     atomic.write_text(
       os.path.join(run_dir, LEDGER_JSON), self.ledger.to_json() + '\n'
