@@ -3,16 +3,19 @@
 import csv
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from tests import testing_utils
+from tff_brats import mechanisms
 from tff_brats.data import manifest as manifest_lib
 from tff_brats.models import model_io
 from tff_brats.models import training_metadata
 from tff_brats.training import centralized
+from tff_brats.training import federated_config
 
 # Each test trains a small SegResNet for a few steps (~10-20 s each).
 pytestmark = pytest.mark.slow
@@ -43,16 +46,34 @@ def _config(data_dir, **overrides):
     learning_rate=1e-3,
     seed=3,
     num_overlay_cases=1,
+    loss='dice',  # soft Dice is in [0, 1]
   )
   kwargs.update(overrides)
   return centralized.CentralizedConfig(**kwargs)
 
 
-def test_run_writes_every_output(data_dir, tmp_path):
-  run_dir = str(tmp_path / 'run')
+def test_defaults_match_the_federated_trainer():
+  ours = centralized.CentralizedConfig(data_dir='/data')
+  theirs = federated_config.FederatedConfig(
+    data_dir='/data', mechanism=mechanisms.NoPrivacy()
+  )
+  for name in ('loss', 'crop_size', 'batch_size', 'init_filters', 'precision'):
+    assert getattr(ours, name) == getattr(theirs, name), name
+  assert ours.loss == 'dice_bce'
+
+
+@pytest.fixture(scope='module')
+def two_epochs(data_dir, tmp_path_factory):
+  """One uninterrupted 2-epoch run, shared by the tests that only read it."""
+  run_dir = str(tmp_path_factory.mktemp('two_epochs') / 'run')
   summary = centralized.train_centralized(
     _config(data_dir), run_dir, progress=False
   )
+  return run_dir, summary
+
+
+def test_run_writes_every_output(two_epochs):
+  run_dir, summary = two_epochs
   assert sorted(os.listdir(run_dir)) == [
     'best_model',
     'checkpoints',
@@ -90,9 +111,10 @@ def test_run_writes_every_output(data_dir, tmp_path):
   events = tf.io.gfile.glob(os.path.join(run_dir, 'tensorboard', 'events*'))
   assert events
   tags = set()
-  for event in tf.compat.v1.train.summary_iterator(events[0]):
-    for value in event.summary.value:
-      tags.add(value.tag)
+  for path in events:  # scalars and images come from two writers
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for value in event.summary.value:
+        tags.add(value.tag)
   assert 'train_loss' in tags and 'val_dice_mean' in tags
   assert any(t.startswith('validation/') for t in tags)
 
@@ -119,11 +141,8 @@ def test_training_reduces_the_loss(data_dir, tmp_path):
   assert losses[-1] < losses[0] - 0.04, losses
 
 
-def test_resume_equals_an_uninterrupted_run(data_dir, tmp_path):
-  straight = str(tmp_path / 'straight')
-  centralized.train_centralized(
-    _config(data_dir, epochs=2), straight, progress=False
-  )
+def test_resume_equals_an_uninterrupted_run(data_dir, two_epochs, tmp_path):
+  straight = two_epochs[0]
   resumed = str(tmp_path / 'resumed')
   centralized.train_centralized(
     _config(data_dir, epochs=1), resumed, progress=False
@@ -144,18 +163,20 @@ def test_resume_equals_an_uninterrupted_run(data_dir, tmp_path):
     assert [r[key] for r in resumed_rows] == [r[key] for r in straight_rows]
 
 
-def test_resume_with_other_hyper_parameters_is_refused(data_dir, tmp_path):
+def test_resume_with_other_hyper_parameters_is_refused(
+  data_dir, two_epochs, tmp_path
+):
   run_dir = str(tmp_path / 'run')
-  centralized.train_centralized(
-    _config(data_dir, epochs=1), run_dir, progress=False
-  )
+  shutil.copytree(two_epochs[0], run_dir)
+  before = sorted(os.listdir(run_dir))
   with pytest.raises(ValueError, match=r'learning_rate: saved 0.001, now 0.01'):
     centralized.train_centralized(
-      _config(data_dir, epochs=2, learning_rate=1e-2),
+      _config(data_dir, epochs=3, learning_rate=1e-2),
       run_dir,
       resume=True,
       progress=False,
     )
+  assert sorted(os.listdir(run_dir)) == before
 
 
 def test_existing_run_dir_needs_resume(data_dir, tmp_path):

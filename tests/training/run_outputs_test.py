@@ -35,27 +35,34 @@ def test_resume_needs_hparams(tmp_path):
     run_outputs.check_resumable(str(tmp_path), {})
 
 
-def test_metrics_csv_append_and_truncate(tmp_path):
-  metrics = run_outputs.MetricsCsv(str(tmp_path), 'epoch')
+def test_metrics_release_writes_the_csv_and_replaces_repeated_steps(tmp_path):
+  metrics = run_outputs.MetricsRelease(str(tmp_path), 'epoch')
   assert metrics.rows() == []
   for epoch in (1, 2, 3):
-    metrics.append({'epoch': epoch, 'loss': 1.0 / epoch, 'note': ''})
-  assert [r['epoch'] for r in metrics.rows()] == ['1', '2', '3']
-  assert metrics.rows()[2]['loss'] == '0.333333'
-  metrics.truncate_after(1)
-  assert [r['epoch'] for r in metrics.rows()] == ['1']
-  metrics.truncate_after(0)
-  assert not os.path.exists(metrics.path)
-  assert os.listdir(tmp_path) == []
+    metrics.release({'epoch': epoch, 'loss': 1.0 / epoch, 'note': ''})
+  rows = metrics.rows()
+  assert [r['epoch'] for r in rows] == ['1', '2', '3']
+  assert float(rows[2]['loss']) == pytest.approx(1 / 3)
+  assert rows[0]['note'] == ''
+  # A run resumed from epoch 1's checkpoint releases epoch 2 again: the
+  # rows from 2 on are replaced, none is duplicated or lost.
+  resumed = run_outputs.MetricsRelease(str(tmp_path), 'epoch')
+  resumed.release({'epoch': 2, 'loss': 0.4, 'note': 'again'})
+  assert [(r['epoch'], r['note']) for r in resumed.rows()] == [
+    ('1', ''),
+    ('2', 'again'),
+  ]
+  assert sorted(os.listdir(tmp_path)) == ['metrics.csv', 'tensorboard']
 
 
-def test_metrics_csv_columns_are_fixed(tmp_path):
-  metrics = run_outputs.MetricsCsv(str(tmp_path), 'epoch')
-  metrics.append({'epoch': 1, 'loss': 0.5})
-  with pytest.raises(
-    ValueError, match=r"row columns must match .*\['epoch', 'dice'\]"
-  ):
-    metrics.append({'epoch': 2, 'dice': 0.5})
+def test_metrics_release_adds_columns(tmp_path):
+  metrics = run_outputs.MetricsRelease(str(tmp_path), 'round')
+  metrics.release({'round': 1, 'loss': 0.5})
+  metrics.release({'round': 2, 'loss': 0.25, 'dice': 0.75})
+  rows = metrics.rows()
+  assert list(rows[0]) == ['round', 'loss', 'dice']
+  assert rows[0]['dice'] == ''
+  assert rows[1]['dice'] == '0.75'
 
 
 def _events(log_dir):
@@ -71,8 +78,7 @@ def _events(log_dir):
   return scalars, images
 
 
-def test_write_summaries_writes_finite_numbers_and_overlays(tmp_path):
-  writer = tf.summary.create_file_writer(str(tmp_path))
+def test_metrics_release_writes_finite_numbers_and_overlays(tmp_path):
   row = {
     'round': 3,
     'train_loss': 0.25,
@@ -87,9 +93,16 @@ def test_write_summaries_writes_finite_numbers_and_overlays(tmp_path):
   truth = np.zeros((8, 8, 8, 3), bool)
   truth[2:5, 2:5, 2:5] = True
   evaluation = types.SimpleNamespace(examples=[('case_1', image, truth, truth)])
-  run_outputs.write_summaries(writer, 3, row, evaluation, step_key='round')
-  scalars, images = _events(str(tmp_path))
+  metrics = run_outputs.MetricsRelease(str(tmp_path), 'round')
+  metrics.release(row, evaluation)
+  scalars, images = _events(str(tmp_path / 'tensorboard'))
   assert scalars == {('train_loss', 3): 0.25, ('steps', 3): 4.0}
+  # The CSV keeps what TensorBoard cannot show.
+  (written,) = metrics.rows()
+  assert written['client_ids'] == 'a b'
+  assert written['epsilon_worst'] == 'inf'
+  assert written['val_hd95_WT'] == 'nan'
+  assert written['val_dice_mean'] == ''
   ((tag, step),) = images
   assert (tag, step) == ('validation/case_1', 3)
   # An image summary is [width, height, encoded PNG].

@@ -20,8 +20,9 @@ training cases of a prepared folder pooled. A run folder
     summary.json          best epoch and its scores, final scores
 
 `resume=True` continues from the last checkpoint with the same
-hyper-parameters (the number of epochs may be raised); the CSV is cut back
-to the restored epoch, and with an integer seed the continued run is the run
+hyper-parameters (the number of epochs may be raised); the CSV rows from
+the restored epoch on are replaced as the epochs run again
+(`run_outputs.MetricsRelease`), and with an integer seed the continued run is the run
 that would have happened without the interruption (each epoch's crops are a
 function of (seed, epoch)).
 """
@@ -44,7 +45,7 @@ from tff_brats.data import pipeline
 from tff_brats.evaluation import evaluate
 from tff_brats.inference import options as options_lib
 from tff_brats.inference import predictors
-from tff_brats.models import losses
+from tff_brats.learning import client_training
 from tff_brats.models import metrics as metrics_lib
 from tff_brats.models import model_io
 from tff_brats.models import precision as precision_lib
@@ -53,8 +54,6 @@ from tff_brats.models import training_metadata
 from tff_brats.training import run_outputs
 from tff_brats.utils import atomic
 from tff_brats.utils import checks
-
-LOSSES = ('dice', 'dice_bce')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +86,7 @@ class CentralizedConfig:
   crop_size: tuple[int, int, int] = (64, 64, 64)
   batch_size: int = 1
   init_filters: int = 16
-  loss: str = 'dice'
+  loss: str = 'dice_bce'
   precision: str = 'float32'
   tumour_crop_probability: float = pipeline.DEFAULT_TUMOUR_CROP_PROBABILITY
   crops_per_case: int = 1
@@ -111,8 +110,7 @@ class CentralizedConfig:
       raise ValueError(
         f'learning_rate must be positive. Found {self.learning_rate}.'
       )
-    if self.loss not in LOSSES:
-      raise ValueError(f'loss must be one of {LOSSES}. Found {self.loss!r}.')
+    client_training.make_loss(self.loss)  # checks the name
     for name in ('crop_size', 'eval_window'):
       size = getattr(self, name)
       if size is not None and (
@@ -172,7 +170,7 @@ def train_centralized(
   optimizer = precision_lib.wrap_optimizer(
     tf.keras.optimizers.Adam(config.learning_rate), config.precision
   )
-  loss_fn = _loss(config.loss)
+  loss_fn = client_training.make_loss(config.loss)
   train_metrics = metrics_lib.segmentation_metrics()
   epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name='epoch')
   best_dice = tf.Variable(-1.0, dtype=tf.float64, trainable=False)
@@ -187,13 +185,12 @@ def train_centralized(
   manager = tf.train.CheckpointManager(
     checkpoint, os.path.join(run_dir, 'checkpoints'), max_to_keep=2
   )
-  csv_file = run_outputs.MetricsCsv(run_dir, 'epoch')
+  metrics = run_outputs.MetricsRelease(run_dir, 'epoch')
   if resume and manager.latest_checkpoint:
     checkpoint.restore(
       manager.latest_checkpoint
     ).assert_existing_objects_matched()
     logging.info('Resumed %s at epoch %d.', run_dir, int(epoch.numpy()))
-  csv_file.truncate_after(int(epoch.numpy()))
 
   train_step = _make_train_step(model, optimizer, loss_fn, train_metrics)
   training = training_metadata.TrainingMetadata.for_prepared(
@@ -203,7 +200,6 @@ def train_centralized(
   eval_options = options_lib.InferenceOptions(
     window=config.window, overlap=config.eval_overlap
   )
-  writer = tf.summary.create_file_writer(os.path.join(run_dir, 'tensorboard'))
   last_eval = None
   while int(epoch.numpy()) < config.epochs:
     current = int(epoch.numpy()) + 1
@@ -239,14 +235,7 @@ def train_centralized(
     else:
       row.update(run_outputs.validation_columns(None))
     row['seconds'] = round(time.monotonic() - started, 2)
-    run_outputs.write_summaries(
-      writer,
-      current,
-      row,
-      evaluated,
-      step_key='epoch',
-    )
-    csv_file.append(row)
+    metrics.release(row, evaluated)
     epoch.assign(current)
     manager.save(checkpoint_number=current)
     val_dice = row['val_dice_mean']
@@ -279,12 +268,6 @@ def train_centralized(
     json.dumps(summary, indent=1, sort_keys=True) + '\n',
   )
   return summary
-
-
-def _loss(name: str) -> tf.keras.losses.Loss:
-  if name == 'dice':
-    return losses.SoftDiceLoss()
-  return losses.DiceBCELoss()
 
 
 def _make_train_step(model, optimizer, loss_fn, train_metrics):

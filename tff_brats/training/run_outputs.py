@@ -1,13 +1,13 @@
 """Files every training run writes: hyper-parameters, metrics CSV, TensorBoard.
 
 A run folder holds `hparams.json` (the arguments the run was started with)
-next to `metrics.csv` (one row per evaluated step), so every number can be
-traced to the settings that produced it. On `--resume` the saved
-hyper-parameters must match the new ones (a resumed run with other settings
-would produce numbers that belong to neither), and the CSV is cut back to
-the restored checkpoint, so a crash between a CSV write and a checkpoint
-never duplicates or loses a row. `write_summaries` writes a row's numbers
-(and validation overlays) to TensorBoard.
+next to `metrics.csv` (one row per step), so every number can be traced to
+the settings that produced it. On `--resume` the saved hyper-parameters
+must match the new ones (a resumed run with other settings would produce
+numbers that belong to neither). `MetricsRelease` releases each row through
+`tff.program` release managers to the CSV and to TensorBoard; releasing
+step k replaces the rows from k on, so a crash between a CSV write and a
+checkpoint never duplicates or loses a row.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import asyncio
 from collections.abc import Mapping
 from collections.abc import Sequence
 import csv
-import io
 import json
 import math
 import os
@@ -119,49 +118,6 @@ def validation_columns(evaluation: Any | None) -> dict[str, Any]:
   return columns
 
 
-class MetricsCsv:
-  """`metrics.csv`: one row per evaluated step, columns fixed by the first."""
-
-  def __init__(self, run_dir: str, step_column: str):
-    self.path = os.path.join(run_dir, METRICS_NAME)
-    self._step_column = step_column
-
-  def rows(self) -> list[dict[str, str]]:
-    if not os.path.exists(self.path):
-      return []
-    with open(self.path, newline='') as f:
-      return list(csv.DictReader(f))
-
-  def truncate_after(self, step: int) -> None:
-    """Drops rows whose step is greater than `step` (after a restore)."""
-    rows = [r for r in self.rows() if int(r[self._step_column]) <= step]
-    self._write(rows)
-
-  def append(self, row: Mapping[str, Any]) -> None:
-    """Appends a row (rewrites the file atomically)."""
-    rows = self.rows()
-    formatted = {k: _format(v) for k, v in row.items()}
-    if rows and list(rows[0]) != list(formatted):
-      raise ValueError(
-        f'row columns must match {self.path}. Found {list(formatted)}, '
-        f'expected {list(rows[0])}.'
-      )
-    self._write([*rows, formatted])
-
-  def _write(self, rows: list[Mapping[str, str]]) -> None:
-    if not rows:
-      if os.path.exists(self.path):
-        os.remove(self.path)
-      return
-    buffer = io.StringIO()
-    writer = csv.DictWriter(
-      buffer, fieldnames=list(rows[0]), lineterminator='\n'
-    )
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic.write_text(self.path, buffer.getvalue())
-
-
 class MetricsRelease:
   """Releases a run's metrics rows through `tff.program` release managers.
 
@@ -240,43 +196,6 @@ class _TensorBoardReleaseManager(tff.program.TensorBoardReleaseManager):
     # TFF keeps its summary writer private and flushes it only every two
     # minutes; readers of a run (and its tests) want every released step.
     self._summary_writer.flush()
-
-
-def write_summaries(
-  writer: tf.summary.SummaryWriter,
-  step: int,
-  row: Mapping[str, Any],
-  evaluation: Any | None,
-  *,
-  step_key: str,
-) -> None:
-  """Writes a metrics row to TensorBoard at `step`, then flushes.
-
-  Every finite number of `row` but `row[step_key]` becomes a scalar named by
-  its column (blank cells, text and NaN/inf are skipped: the CSV keeps
-  them); every `(case_id, image, truth, prediction)` of an
-  `evaluate.Evaluation`'s `examples` (None: not evaluated) an image
-  `validation/<case_id>` of `figures.case_panels`.
-  """
-  with writer.as_default(step=step):
-    for key, value in row.items():
-      if (
-        key != step_key
-        and isinstance(value, int | float)
-        and math.isfinite(value)
-      ):
-        tf.summary.scalar(key, value)
-    examples = () if evaluation is None else evaluation.examples
-    for case_id, image, truth, prediction in examples:
-      panels = figures.case_panels(image, truth, prediction)
-      tf.summary.image(f'validation/{case_id}', panels[np.newaxis])
-  writer.flush()
-
-
-def _format(value: Any) -> str:
-  if isinstance(value, float):
-    return f'{value:.6g}'
-  return str(value)
 
 
 def _jsonable(value: Any) -> Any:
