@@ -12,7 +12,7 @@ Plain side (the reference), in this process, no TFF: for each client in
 turn `ClientTrainer.train` on `make_client_dataset(paths, key, config)`
 (built by a `tf.function` traced once, as TFF traces its dataset
 computation once) with the same keys, the same mechanism
-(`mechanisms.privatize`, fresh noise), then the same weighted mean and
+(the mechanism's `privatize`, fresh noise), then the same weighted mean and
 server step. Both sides start from
 the same initial weights and see the same data keys in round r, so they do
 the same local steps on the same crops (the per-round loss sums in the
@@ -74,9 +74,9 @@ import tensorflow_federated as tff
 
 from benchmarks import federated_setup
 from benchmarks import machine
+from tff_brats import mechanisms
 from tff_brats.learning import client_training
 from tff_brats.learning import fed_avg
-from tff_brats.privacy import mechanisms
 
 TARGET_RATIO = 1.10
 
@@ -399,7 +399,7 @@ class _PlainRounds:
 
       @tf.function
       def privatize(update, steps):
-        return mechanisms.privatize(update, steps, mechanism)[0]
+        return mechanism.privatize(update, steps)[0]
 
       self._privatize = privatize
     self.weights = None

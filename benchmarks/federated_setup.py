@@ -35,7 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from benchmarks import machine
-from tff_brats.aggregators import factories
+from tff_brats import mechanisms
 from tff_brats.data import manifest as manifest_lib
 from tff_brats.data import prepare
 from tff_brats.data import synthetic
@@ -315,8 +315,8 @@ def model_aggregator(privacy_mechanism: str, svt: dict[str, float]):
       f'Found {privacy_mechanism!r}.'
     )
   if privacy_mechanism == 'none':
-    return factories.build_model_aggregator('none')
-  return factories.build_model_aggregator('sparse_vector', **svt)
+    return mechanisms.NoPrivacy().aggregation_factory()
+  return mechanisms.SparseVector(**svt).aggregation_factory()
 
 
 @contextlib.contextmanager

@@ -29,6 +29,7 @@ from absl import flags
 import numpy as np
 
 from tff_brats.privacy import accounting
+from tff_brats.privacy import events
 
 _ROUNDS = flags.DEFINE_integer('rounds', 500, 'Rounds per institution.')
 _EPSILONS = flags.DEFINE_list(
@@ -38,6 +39,12 @@ _DELTA = flags.DEFINE_float('delta', 1e-5, 'δ of the reported ε.')
 _NUM_CLIENTS = flags.DEFINE_integer('num_clients', 13, 'Institutions.')
 _PICKED = flags.DEFINE_integer('picked', 4, 'Institutions per round.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the client sampling.')
+
+
+def _svt(selection_epsilon: float, release_epsilon: float):
+  """The record of an SVT round, (ε + ε3, 0)-DP."""
+  event = events.EpsilonDeltaDpEvent(selection_epsilon + release_epsilon)
+  return accounting.PrivacyRecord('sparse_vector', event)
 
 
 def _timed(fn):
@@ -64,7 +71,7 @@ def run_benchmark(
     )
   compose = []
   for epsilon in epsilons:
-    record = accounting.PrivacyRecord.sparse_vector(epsilon / 2, epsilon / 2)
+    record = _svt(epsilon / 2, epsilon / 2)
     for method in ('pld', 'sum'):
       value, seconds = _timed(
         lambda r=record, m=method: accounting.compose_epsilon(
@@ -81,8 +88,8 @@ def run_benchmark(
         }
       )
       print(f'compose ε={epsilon} {method}: {seconds:.4f} s', file=sys.stderr)
-  a = accounting.PrivacyRecord.sparse_vector(0.05, 0.05)
-  b = accounting.PrivacyRecord.sparse_vector(0.1, 0.1 * np.pi / 3)
+  a = _svt(0.05, 0.05)
+  b = _svt(0.1, 0.1 * np.pi / 3)
   half = rounds // 2
   value, seconds = _timed(
     lambda: accounting.compose_epsilon(
@@ -102,7 +109,7 @@ def run_benchmark(
   rng = np.random.default_rng(seed)
   clients = [f'client-{i:02d}' for i in range(num_clients)]
   ledger = accounting.PrivacyLedger(client_ids=clients)
-  record = accounting.PrivacyRecord.sparse_vector(0.05, 0.05)
+  record = _svt(0.05, 0.05)
   check_seconds = record_seconds = 0.0
   for round_num in range(rounds):
     chosen = [str(c) for c in rng.choice(clients, size=picked, replace=False)]

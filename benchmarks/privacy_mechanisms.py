@@ -48,8 +48,8 @@ import numpy as np
 import tensorflow as tf
 
 from benchmarks import machine
+from tff_brats import mechanisms
 from tff_brats.models import segresnet
-from tff_brats.privacy import mechanisms
 
 REFERENCE_SECONDS = {
   'nvflare_svt_q0.9': 0.90,
@@ -254,13 +254,10 @@ def run_benchmark(
 
 
 def _mechanism(name: str, fraction: float, **params: float):
-  if name == 'selective_sharing':
-    return mechanisms.SelectiveSharing(fraction, params['clip_bound'])
-  if name == 'sparse_vector':
-    return mechanisms.SparseVectorTechnique(fraction, **params)
-  raise ValueError(
-    f'mechanism_names must be of {", ".join(MECHANISMS)}. Found {name!r}.'
-  )
+  """The mechanism `name` with the benchmark's parameters it has."""
+  cls = mechanisms.get(name)
+  known = {k: v for k, v in params.items() if k in cls.parameter_names()}
+  return cls.from_parameters({'shared_fraction': fraction, **known})
 
 
 def _update(kind: str, scale: float, seed: int):
@@ -285,7 +282,7 @@ def _measure_tf_function(mechanism, values, local_steps, warmup, repetitions):
 
   @tf.function(jit_compile=False)
   def privatize(update, steps):
-    return mechanisms.privatize(update, steps, mechanism)
+    return mechanism.privatize(update, steps)
 
   def call():
     # Eager execution is synchronous: the call returns once every output
@@ -299,7 +296,6 @@ def _measure_tf_function(mechanism, values, local_steps, warmup, repetitions):
 def _measure_tff(mechanism, values, local_steps, warmup, repetitions):
   import tensorflow_federated as tff  # only this mode needs TFF
 
-  from tff_brats.aggregators import private_sharing
   from tff_brats.runtime import local
 
   value_type = tff.StructWithPythonType(
@@ -307,7 +303,7 @@ def _measure_tff(mechanism, values, local_steps, warmup, repetitions):
   )
   update = [v.numpy() for v in values]
   with local.LocalRuntime():
-    process = private_sharing.PrivateSharingFactory(mechanism).create(
+    process = mechanism.aggregation_factory().create(
       value_type, tff.TensorType(np.float32)
     )
     state = process.initialize()
