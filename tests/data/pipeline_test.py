@@ -451,6 +451,20 @@ class TestTrainingDataset:
 
     assert _batches_differ(_batches(build()), _batches(build()))
 
+  def test_seed_none_is_fresh_each_time_a_graph_runs(self, folder):
+    # A graph traced once (as a TFF computation is) draws a fresh base
+    # seed on every call. Continuous intensities: equal sums by chance
+    # have odds of order 2^-23.
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def image_sum(paths):
+      dataset = pipeline.make_training_dataset(
+        paths, crop_size=(8, 8, 8), batch_size=1
+      )
+      return dataset.reduce(0.0, lambda s, b: s + tf.reduce_sum(b[0]))
+
+    paths = tf.constant(folder.shard_paths('a'))
+    assert float(image_sum(paths)) != float(image_sum(paths))
+
   def test_shard_paths_as_tensor_in_a_graph(self, folder):
     kwargs = dict(crop_size=(8, 8, 8), batch_size=1, crops_per_case=2, seed=3)
 

@@ -32,10 +32,10 @@ Randomness of `make_training_dataset`:
   the same batches; build a new dataset with another seed for another
   epoch (the trainers derive one from (seed, epoch)).
 * `seed=None`: the base seed is drawn by an unseeded `tf.random.uniform`
-  when the dataset is created, i.e. on every call of a TFF computation that
-  builds it and on every client (the C++ runtime gives unseeded ops fresh
-  values per call and per client), so each round and client gets fresh
-  augmentation.
+  each time the dataset is created eagerly and each time a graph that
+  builds it runs (every call of a `tf.function` or TFF computation), so
+  every call gets fresh augmentation. (Federated training passes a key
+  instead, fresh or derived from a run seed; see below.)
 * `seed=<int64 [2] tensor>`: the base seed itself (a stateless key), e.g.
   one computed inside a TFF computation from (run seed, round, client), so
   a graph traced once still gives each call its own reproducible data.
