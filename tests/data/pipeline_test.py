@@ -1,5 +1,7 @@
 """Tests of tff_brats.data.pipeline (pure TF, no TFF)."""
 
+import re
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -276,10 +278,24 @@ class TestIntensity:
     np.testing.assert_array_equal(out, image)
 
   @pytest.mark.parametrize(
-    'kwargs', [{'scale_factor': -0.1}, {'shift_offset': 'x'}]
+    'kwargs, message',
+    [
+      (
+        {'scale_factor': -0.1},
+        'scale_factor must be a non-negative number. Found -0.1.',
+      ),
+      (
+        {'shift_offset': 'x'},
+        "shift_offset must be a non-negative number. Found 'x'.",
+      ),
+      (
+        {'shift_offset': float('nan')},
+        'shift_offset must be a non-negative number. Found nan.',
+      ),
+    ],
   )
-  def test_bad_ranges(self, kwargs):
-    with pytest.raises(ValueError, match='must be a non-negative number'):
+  def test_bad_ranges(self, kwargs, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
       pipeline.random_intensity(np.ones((1, 1, 1, 4)), _seed(0), **kwargs)
 
 
@@ -537,11 +553,16 @@ class TestTrainingDataset:
       ({'batch_size': 1.5}, 'batch_size must be a positive integer'),
       (
         {'tumour_crop_probability': 1.5},
-        r'tumour_crop_probability must be a probability in \[0, 1\]. '
-        r'Found 1.5.',
+        r'tumour_crop_probability must be in \[0, 1\]\. Found 1\.5\.',
       ),
-      ({'tumour_crop_probability': -0.1}, 'tumour_crop_probability must'),
-      ({'tumour_crop_probability': '0.5'}, 'tumour_crop_probability must'),
+      (
+        {'tumour_crop_probability': -0.1},
+        r'tumour_crop_probability must be in \[0, 1\]\. Found -0\.1\.',
+      ),
+      (
+        {'tumour_crop_probability': '0.5'},
+        r"tumour_crop_probability must be in \[0, 1\]\. Found '0\.5'\.",
+      ),
       ({'crops_per_case': 0}, 'crops_per_case must be a positive integer'),
       ({'shuffle_buffer_size': 0}, 'shuffle_buffer_size must be'),
       ({'seed': -1}, 'seed must be None or a non-negative'),

@@ -7,6 +7,7 @@ runs no code and holds no pipe).
 """
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -165,12 +166,18 @@ def test_start_twice_is_an_error(tmp_path):
 @pytest.mark.parametrize(
   'kwargs, message',
   [
-    ({'default_num_clients': -1}, 'default_num_clients must be non-negative'),
-    ({'startup_timeout': 0}, 'startup_timeout must be positive'),
+    (
+      {'default_num_clients': -1},
+      'default_num_clients must be a non-negative integer. Found -1.',
+    ),
+    (
+      {'startup_timeout': 0},
+      'startup_timeout must be a positive number. Found 0.',
+    ),
   ],
 )
 def test_bad_arguments(kwargs, message):
-  with pytest.raises(ValueError, match=message):
+  with pytest.raises(ValueError, match=re.escape(message)):
     local.LocalRuntime(**kwargs)
 
 
