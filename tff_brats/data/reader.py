@@ -284,7 +284,7 @@ def load_case(
     BratsDataError: If a file is unreadable, truncated or not NIfTI, a volume
       is not 3-D or not finite, the files' shapes or affines differ, or a
       label is outside the layout's convention.
-    ValueError: If `affine_atol` is negative.
+    ValueError: If `affine_atol` is not a finite non-negative number.
   """
   checks.check_non_negative_number('affine_atol', affine_atol)
   if case.label_path is None and require_label:
