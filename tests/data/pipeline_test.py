@@ -435,20 +435,33 @@ class TestTrainingDataset:
   def test_shuffle_changes_the_case_order(self, folder):
     # Crops larger than every case hold the whole (padded) case; its sum
     # of regions identifies it.
-    def order(**kwargs):
-      dataset = pipeline.make_training_dataset(
-        folder.shard_paths('a'),
-        crop_size=(24, 24, 24),
-        batch_size=1,
-        augment=False,
-        **kwargs,
-      )
+    paths = folder.shard_paths('a')
+    options = dict(crop_size=(24, 24, 24), batch_size=1, augment=False)
+
+    def region_sums(dataset):
       return tuple(int(r.sum()) for _, r in _batches(dataset))
 
-    unshuffled = order(shuffle=False, seed=0)
+    unshuffled = region_sums(
+      pipeline.make_training_dataset(paths, shuffle=False, seed=0, **options)
+    )
     assert len(set(unshuffled)) == 3
+
+    def orders_of_seeds_0_to_9():
+      # The seeds as the keys [0, s] they stand for (see
+      # test_tensor_key_is_the_base_seed), flat-mapped into one dataset:
+      # tf.data builds the pipeline's functions once instead of ten times.
+      def shuffled(s):
+        key = tf.stack([tf.constant(0, tf.int64), s])
+        return pipeline.make_training_dataset(
+          tf.constant(paths), shuffle=True, seed=key, **options
+        )
+
+      sums = region_sums(tf.data.Dataset.range(10).flat_map(shuffled))
+      assert len(sums) == 10 * 3
+      return [sums[i : i + 3] for i in range(0, len(sums), 3)]
+
     tf.random.set_seed(1)
-    orders = [order(shuffle=True, seed=s) for s in range(10)]
+    orders = orders_of_seeds_0_to_9()
     assert all(sorted(o) == sorted(unshuffled) for o in orders)
     # The record block (8) holds all 3 cases, so each of the 6 orders has
     # p = 1/6; 10 seeds all giving one order has odds 6 * (1/6)^10 < 1e-7.
@@ -456,7 +469,7 @@ class TestTrainingDataset:
     # Only the seed decides the order, not TensorFlow's global seed (the TFF
     # worker and the driver process have different global seeds).
     tf.random.set_seed(2)
-    assert [order(shuffle=True, seed=s) for s in range(4)] == orders[:4]
+    assert orders_of_seeds_0_to_9() == orders
 
   def test_seed_none_is_fresh_each_time(self, folder):
     def build():
