@@ -29,7 +29,7 @@ import tensorflow_federated as tff
 from tests import testing_utils
 from tff_brats.runtime import local
 
-# The two child processes import TensorFlow and TFF (~5 s in all).
+# Starts eight TFF workers and two child Pythons (about 12 s in all).
 pytestmark = pytest.mark.slow
 
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
@@ -53,7 +53,6 @@ _CHILD = textwrap.dedent(
       os._exit(3)  # no Python cleanup at all: only the kernel can help
     if mode == 'wait':
       time.sleep(300)
-  print('closed', flush=True)
   """
 )
 
