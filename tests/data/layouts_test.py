@@ -24,7 +24,7 @@ def test_conventions():
 def test_unknown_layout():
   with pytest.raises(
     ValueError,
-    match=r"layout must be one of \['brats2018', 'brats2023'\]. Found 'brats2019'.",
+    match=r"^layout must be one of brats2018, brats2023\. Found 'brats2019'\.$",
   ):
     layouts.get_layout('brats2019')
 

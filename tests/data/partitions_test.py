@@ -879,10 +879,10 @@ def test_duplicate_case_ids():
 @pytest.mark.parametrize(
   ('seed', 'message'),
   [
-    (-1, 'seed must be non-negative. Found -1.'),
-    (1.0, 'seed must be an integer. Found 1.0.'),
-    (True, 'seed must be an integer. Found True.'),
-    (None, 'seed must be an integer. Found None.'),
+    (-1, 'seed must be a non-negative integer. Found -1.'),
+    (1.0, 'seed must be a non-negative integer. Found 1.0.'),
+    (True, 'seed must be a non-negative integer. Found True.'),
+    (None, 'seed must be a non-negative integer. Found None.'),
   ],
 )
 def test_bad_seed(seed, message):

@@ -519,8 +519,18 @@ def test_unreadable_file_is_named_and_leaves_nothing():
 @pytest.mark.parametrize(
   'kwargs, message',
   [
-    ({'cases_per_shard': 0}, 'cases_per_shard must be at least 1. Found 0.'),
-    ({'crop_margin': -1}, 'crop_margin must be non-negative. Found -1.'),
+    (
+      {'cases_per_shard': 0},
+      'cases_per_shard must be a positive integer. Found 0.',
+    ),
+    (
+      {'cases_per_shard': 1.5},
+      'cases_per_shard must be a positive integer. Found 1.5.',
+    ),
+    (
+      {'crop_margin': -1},
+      'crop_margin must be a non-negative integer. Found -1.',
+    ),
   ],
 )
 def test_bad_arguments(data_dir, tmp_path, kwargs, message):

@@ -696,7 +696,10 @@ def test_load_non_integer_labels(tmp_path):
 
 def test_load_rejects_negative_affine_atol(tmp_path):
   folder = _make_case(tmp_path, ID18)
-  with pytest.raises(ValueError, match='affine_atol must be non-negative'):
+  with pytest.raises(
+    ValueError,
+    match=r'affine_atol must be a non-negative number\. Found -1\.0\.',
+  ):
     _load_dir(folder, affine_atol=-1.0)
 
 

@@ -583,11 +583,11 @@ class TestValidation:
       ),
       (
         {'layout': 'brats2019'},
-        "layout must be one of ['brats2018', 'brats2023']. Found 'brats2019'.",
+        "layout must be one of brats2018, brats2023. Found 'brats2019'.",
       ),
       (
         {'institution_sizes': 'uneven'},
-        "institution_sizes must be one of ['even', 'paper']. Found 'uneven'.",
+        "institution_sizes must be one of even, paper. Found 'uneven'.",
       ),
       (
         {
@@ -600,7 +600,7 @@ class TestValidation:
       ),
       (
         {'lgg_fraction': 1.5},
-        'lgg_fraction must be a number in [0, 1]. Found 1.5.',
+        'lgg_fraction must be in [0, 1]. Found 1.5.',
       ),
       ({'seed': -1}, 'seed must be a non-negative integer. Found -1.'),
       (
@@ -620,7 +620,7 @@ class TestValidation:
   def test_bad_case_arguments(self):
     with pytest.raises(
       ValueError,
-      match=re.escape("grade must be one of ['HGG', 'LGG']. Found 'GBM'."),
+      match=re.escape("grade must be one of HGG, LGG. Found 'GBM'."),
     ):
       synthetic.generate_case(0, grade='GBM', shape=SHAPE)
     with pytest.raises(

@@ -1,6 +1,8 @@
 """Tests for tff_brats.evaluation.figures."""
 
+import matplotlib.figure
 import matplotlib.image
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
@@ -51,6 +53,12 @@ def test_case_panels_shape():
   assert not np.array_equal(panels[:, :7], panels[:, 7:14])
 
 
+def _one_case():
+  image = np.random.default_rng(1).normal(size=(12, 12, 10, 4))
+  truth = _regions((12, 12, 10), np.s_[3:7, 3:7, 4:6])
+  return [('case-a', image, truth, truth)]
+
+
 def test_save_case_figure(tmp_path):
   image = np.random.default_rng(1).normal(size=(12, 12, 10, 4))
   truth = _regions((12, 12, 10), np.s_[3:7, 3:7, 4:6])
@@ -70,3 +78,37 @@ def test_save_case_figure(tmp_path):
 def test_save_case_figure_needs_cases(tmp_path):
   with pytest.raises(ValueError, match='cases must not be empty'):
     figures.save_case_figure(str(tmp_path / 'x.png'), [])
+
+
+def test_save_case_figure_replaces_an_existing_file(tmp_path):
+  path = tmp_path / 'cases.png'
+  path.write_bytes(b'old figure')
+  figures.save_case_figure(str(path), _one_case())
+  assert path.read_bytes().startswith(b'\x89PNG\r\n')
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['cases.png']
+
+
+def test_save_case_figure_error_leaves_the_old_file_and_no_temporary(
+  tmp_path, monkeypatch
+):
+  def fail_half_way(self, fname, **kwargs):
+    del self, kwargs  # unused
+    with open(fname, 'wb') as f:
+      f.write(b'\x89PNG half')
+    raise OSError('disk full')
+
+  monkeypatch.setattr(matplotlib.figure.Figure, 'savefig', fail_half_way)
+  path = tmp_path / 'cases.png'
+  path.write_bytes(b'old figure')
+  open_figures = plt.get_fignums()
+  with pytest.raises(OSError, match='disk full'):
+    figures.save_case_figure(str(path), _one_case())
+  assert path.read_bytes() == b'old figure'
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['cases.png']
+  assert plt.get_fignums() == open_figures  # the figure is closed too
+
+
+def test_save_case_figure_writes_png_whatever_the_name(tmp_path):
+  path = tmp_path / 'cases.figure'
+  figures.save_case_figure(str(path), _one_case())
+  assert path.read_bytes().startswith(b'\x89PNG\r\n')

@@ -210,6 +210,6 @@ def test_group_norm_bad_arguments():
   ):
     layers.GroupNorm(2, 0.0)
   with pytest.raises(
-    ValueError, match=r"activation must be None or 'relu'\. Found 'gelu'\."
+    ValueError, match=r"activation must be one of None, relu\. Found 'gelu'\."
   ):
     layers.GroupNorm(2, activation='gelu')

@@ -168,7 +168,7 @@ def test_recommended_precision():
   assert recommended('CPU', cpu_flags=()) == 'float32'
   assert recommended() in precision.PRECISIONS
   with pytest.raises(
-    ValueError, match=r"device_type must be 'GPU' or 'CPU'\. Found 'TPU'\."
+    ValueError, match=r"device_type must be one of GPU, CPU\. Found 'TPU'\."
   ):
     precision.recommended_precision('TPU')
 

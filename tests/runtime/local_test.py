@@ -1,12 +1,21 @@
 """Tests that the project owns every TFF worker it starts.
 
-Each scenario runs a real TFF computation on a real `worker_binary` in a child
-Python process, ends that process one way or another, and checks that the
-worker's pid is gone (a zombie waiting for init to reap it counts as gone: it
-runs no code and holds no pipe).
+Every scenario runs a real TFF computation on a real `worker_binary`, ends
+one way or another, and checks that the worker's pid is gone (a zombie
+waiting for init to reap it counts as gone: it runs no code and holds no
+pipe).
+
+Endings that unwind the `with` block (an exception, Ctrl-C, SIGTERM,
+SIGHUP) run in this process: they take the same path as in a binary, and
+the exit status a binary would get follows from the exception that leaves
+the block. Endings that run no Python cleanup at all (`os._exit`, SIGKILL)
+need a process of their own that really dies: a child Python, of which
+this module starts only those two, at the same time (each imports
+TensorFlow, about 3 s of CPU).
 """
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,7 +29,7 @@ import tensorflow_federated as tff
 from tests import testing_utils
 from tff_brats.runtime import local
 
-# Each test starts Python processes that import TensorFlow (~5 s each).
+# Starts eight TFF workers and two child Pythons (about 12 s in all).
 pytestmark = pytest.mark.slow
 
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
@@ -40,13 +49,10 @@ _CHILD = textwrap.dedent(
   with local.LocalRuntime(log_dir=sys.argv[2]) as rt:
     print('result', add_one(41), flush=True)
     print('worker', rt.worker_pid, flush=True)
-    if mode == 'raise':
-      raise ValueError('deliberate failure')
     if mode == 'exit':
       os._exit(3)  # no Python cleanup at all: only the kernel can help
     if mode == 'wait':
       time.sleep(300)
-  print('closed', flush=True)
   """
 )
 
@@ -70,48 +76,92 @@ def _read_worker_pid(child) -> int:
   raise AssertionError(f'child printed no worker pid: {child.stderr.read()}')
 
 
-@pytest.mark.parametrize(
-  'mode, expected_returncode',
-  [('normal', 0), ('raise', 1), ('exit', 3)],
-)
-def test_no_worker_survives_child_exit(tmp_path, mode, expected_returncode):
-  child = _start_child(mode, tmp_path)
-  worker_pid = _read_worker_pid(child)
-  out, err = child.communicate(timeout=120)
-  assert child.returncode == expected_returncode, err
-  if mode == 'raise':
-    assert 'deliberate failure' in err
-  if mode == 'normal':
-    assert 'closed' in out
-  assert testing_utils.wait_process_gone(worker_pid), (
-    f'worker {worker_pid} survived {mode}'
-  )
-  assert os.listdir(tmp_path) and os.listdir(tmp_path)[0].startswith(
-    'tff_worker-'
-  )
+@pytest.fixture(scope='module', autouse=True)
+def children(tmp_path_factory):
+  """`{mode: (child, log_dir)}` for 'exit' and 'wait'.
+
+  Started together when the module starts, so that their imports overlap
+  with the in-process tests; the tests that use them come last.
+  """
+  started = {}
+  for mode in ('exit', 'wait'):
+    log_dir = tmp_path_factory.mktemp(f'child-{mode}')
+    started[mode] = (_start_child(mode, log_dir), log_dir)
+  yield started
+  for child, _ in started.values():
+    if child.poll() is None:
+      child.kill()
+    child.communicate()
 
 
+@pytest.fixture
+def default_signal_handlers():
+  """SIGINT, SIGTERM and SIGHUP as a fresh Python has them, then restored."""
+  defaults = {
+    signal.SIGINT: signal.default_int_handler,
+    signal.SIGTERM: signal.SIG_DFL,
+    signal.SIGHUP: signal.SIG_DFL,
+  }
+  before = {signum: signal.signal(signum, h) for signum, h in defaults.items()}
+  yield
+  for signum, handler in before.items():
+    signal.signal(signum, handler)
+
+
+@tff.tensorflow.computation(np.int32)
+def _add_one(x):
+  return x + 1
+
+
+def _deliberate_failure():
+  raise ValueError('deliberate failure')
+
+
+def _signal(signum):
+  def send():
+    # The runtime has replaced the default action of SIGTERM and SIGHUP
+    # (which would end pytest itself) and left Ctrl-C's alone.
+    if signum == signal.SIGINT:
+      assert signal.getsignal(signum) is signal.default_int_handler
+    else:
+      assert signal.getsignal(signum) not in (signal.SIG_DFL, signal.SIG_IGN)
+    signal.raise_signal(signum)
+
+  return send
+
+
+@pytest.mark.usefixtures('default_signal_handlers')
 @pytest.mark.parametrize(
-  'signum, expected_returncode',
+  'end, exception, exit_code',
   [
-    # KeyboardInterrupt unwinds the `with` block; Python then re-raises the
-    # signal so that the exit status still says SIGINT.
-    (signal.SIGINT, -signal.SIGINT),
-    (signal.SIGTERM, 128 + signal.SIGTERM),
-    (signal.SIGHUP, 128 + signal.SIGHUP),
-    (signal.SIGKILL, -signal.SIGKILL),  # no cleanup: parent-death signal
+    (_deliberate_failure, ValueError, None),
+    # Ctrl-C: KeyboardInterrupt unwinds the `with` block; Python then
+    # re-raises the signal, so a binary's exit status still says SIGINT.
+    (_signal(signal.SIGINT), KeyboardInterrupt, None),
+    # The runtime's handler turns these into SystemExit(128 + signal), the
+    # exit status of a binary that unwinds it.
+    (_signal(signal.SIGTERM), SystemExit, 128 + signal.SIGTERM),
+    (_signal(signal.SIGHUP), SystemExit, 128 + signal.SIGHUP),
   ],
+  ids=['raise', 'SIGINT', 'SIGTERM', 'SIGHUP'],
 )
-def test_no_worker_survives_signal(tmp_path, signum, expected_returncode):
-  child = _start_child('wait', tmp_path)
-  worker_pid = _read_worker_pid(child)
-  assert testing_utils.process_is_alive(worker_pid)
-  child.send_signal(signum)
-  _, err = child.communicate(timeout=120)
-  assert child.returncode == expected_returncode, err
+def test_no_worker_survives_unwinding(tmp_path, end, exception, exit_code):
+  with pytest.raises(exception) as raised:
+    with local.LocalRuntime(log_dir=str(tmp_path)) as rt:
+      worker_pid = rt.worker_pid
+      assert _add_one(41) == 42
+      end()
+  if exit_code is not None:
+    assert raised.value.code == exit_code
+  if exception is ValueError:
+    assert 'deliberate failure' in str(raised.value)
   assert testing_utils.wait_process_gone(worker_pid), (
-    f'worker {worker_pid} survived {signum!r}'
+    f'worker {worker_pid} survived {raised.typename}'
   )
+  # The handlers are back to a fresh Python's.
+  assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+  assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_runtime_runs_federated_computation_and_cleans_up(tmp_path):
@@ -126,13 +176,18 @@ def test_runtime_runs_federated_computation_and_cleans_up(tmp_path):
   with local.LocalRuntime(log_dir=str(tmp_path)) as rt:
     worker_pid = rt.worker_pid
     assert sum_of_doubles([1.0, 2.0, 4.5]) == pytest.approx(15.0)
+    log_name = os.path.basename(rt.log_path)
     assert os.path.exists(rt.log_path)
   assert rt.worker_pid is None
   assert testing_utils.wait_process_gone(worker_pid)
+  assert log_name.startswith('tff_worker-')
+  assert [p.name for p in tmp_path.iterdir()] == [log_name]
   # No context is left behind: a stray call fails instead of starting an
   # unowned worker.
   with pytest.raises(Exception, match='context'):
     double(1.0)
+  # TensorFlow itself is still usable.
+  assert tf.constant(2).numpy() == 2
 
 
 def test_close_is_idempotent_and_restores_signal_handlers(tmp_path):
@@ -165,16 +220,42 @@ def test_start_twice_is_an_error(tmp_path):
 @pytest.mark.parametrize(
   'kwargs, message',
   [
-    ({'default_num_clients': -1}, 'default_num_clients must be non-negative'),
-    ({'startup_timeout': 0}, 'startup_timeout must be positive'),
+    (
+      {'default_num_clients': -1},
+      'default_num_clients must be a non-negative integer. Found -1.',
+    ),
+    (
+      {'startup_timeout': 0},
+      'startup_timeout must be a positive number. Found 0.',
+    ),
   ],
 )
 def test_bad_arguments(kwargs, message):
-  with pytest.raises(ValueError, match=message):
+  with pytest.raises(ValueError, match=re.escape(message)):
     local.LocalRuntime(**kwargs)
 
 
-def test_tf_is_usable_after_runtime(tmp_path):
-  with local.LocalRuntime(log_dir=str(tmp_path)):
-    pass
-  assert tf.constant(2).numpy() == 2
+def test_no_worker_survives_exit_without_cleanup(children):
+  child, log_dir = children['exit']
+  worker_pid = _read_worker_pid(child)
+  _, err = child.communicate(timeout=120)
+  assert child.returncode == 3, err
+  assert testing_utils.wait_process_gone(worker_pid), (
+    f'worker {worker_pid} survived os._exit'
+  )
+  assert os.listdir(log_dir) and os.listdir(log_dir)[0].startswith(
+    'tff_worker-'
+  )
+
+
+def test_no_worker_survives_sigkill(children):
+  # No cleanup at all: the parent-death signal.
+  child, _ = children['wait']
+  worker_pid = _read_worker_pid(child)
+  assert testing_utils.process_is_alive(worker_pid)
+  child.send_signal(signal.SIGKILL)
+  _, err = child.communicate(timeout=120)
+  assert child.returncode == -signal.SIGKILL, err
+  assert testing_utils.wait_process_gone(worker_pid), (
+    f'worker {worker_pid} survived SIGKILL'
+  )

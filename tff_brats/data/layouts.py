@@ -26,6 +26,8 @@ import dataclasses
 
 import numpy as np
 
+from tff_brats.utils import checks
+
 REGIONS = ('TC', 'WT', 'ET')
 NIFTI_EXTENSIONS = ('.nii.gz', '.nii')
 
@@ -103,10 +105,7 @@ LAYOUTS = {layout.name: layout for layout in (BRATS2018, BRATS2023)}
 
 def get_layout(name: str) -> Layout:
   """Returns the layout called `name` ('brats2018' or 'brats2023')."""
-  if name not in LAYOUTS:
-    raise ValueError(
-      f'layout must be one of {sorted(LAYOUTS)}. Found {name!r}.'
-    )
+  checks.check_one_of('layout', name, sorted(LAYOUTS))
   return LAYOUTS[name]
 
 

@@ -57,6 +57,7 @@ from absl import logging
 import numpy as np
 
 from tff_brats.data import errors
+from tff_brats.utils import checks
 
 BUILTIN_PARTITIONS = ('brats18_li2019',)
 
@@ -116,7 +117,7 @@ class Partition:
   def __post_init__(self):
     if not isinstance(self.spec, str):
       raise ValueError(f'spec must be a string. Found {self.spec!r}.')
-    _check_seed(self.seed)
+    checks.check_non_negative_int('seed', self.seed)
     if not isinstance(self.clients, Mapping) or not self.clients:
       raise errors.BratsDataError(
         f'clients must be a non-empty mapping of client id to case ids. '
@@ -277,7 +278,7 @@ def make_partition(
       rows).
   """
   cases = _check_case_ids(case_ids)
-  _check_seed(seed)
+  checks.check_non_negative_int('seed', seed)
   kind, args = _parse_spec(spec)
   if validation_cases is not None and validation_fraction is not None:
     raise ValueError(
@@ -794,13 +795,6 @@ def _check_case_ids(case_ids: Iterable[str]) -> tuple[str, ...]:
       case_id=duplicates[0],
     )
   return tuple(sorted(cases))
-
-
-def _check_seed(seed: int) -> None:
-  if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-    raise ValueError(f'seed must be an integer. Found {seed!r}.')
-  if seed < 0:
-    raise ValueError(f'seed must be non-negative. Found {seed!r}.')
 
 
 def _check_client_id(client_id: str) -> None:

@@ -32,10 +32,10 @@ Randomness of `make_training_dataset`:
   the same batches; build a new dataset with another seed for another
   epoch (the trainers derive one from (seed, epoch)).
 * `seed=None`: the base seed is drawn by an unseeded `tf.random.uniform`
-  when the dataset is created, i.e. on every call of a TFF computation that
-  builds it and on every client (the C++ runtime gives unseeded ops fresh
-  values per call and per client), so each round and client gets fresh
-  augmentation.
+  each time the dataset is created eagerly and each time a graph that
+  builds it runs (every call of a `tf.function` or TFF computation), so
+  every call gets fresh augmentation. (Federated training passes a key
+  instead, fresh or derived from a run seed; see below.)
 * `seed=<int64 [2] tensor>`: the base seed itself (a stateless key), e.g.
   one computed inside a TFF computation from (run seed, round, client), so
   a graph traced once still gives each call its own reproducible data.
@@ -244,7 +244,7 @@ def random_crop(
     `(image [d, h, w, C], regions [d, h, w, 3])`.
   """
   crop_size = _check_crop_size(crop_size)
-  _check_probability('tumour_crop_probability', tumour_crop_probability)
+  checks.check_probability('tumour_crop_probability', tumour_crop_probability)
   image, regions = pad_to_size(image, regions, crop_size)
   tumour = tf.where(regions[..., _WT] > 0)
   start = sample_crop_start(
@@ -297,14 +297,8 @@ def random_intensity(
   Returns:
     The transformed image, same shape.
   """
-  for name, value in (
-    ('scale_factor', scale_factor),
-    ('shift_offset', shift_offset),
-  ):
-    if not checks.is_number(value) or value < 0:
-      raise ValueError(
-        f'{name} must be a non-negative number. Found {value!r}.'
-      )
+  checks.check_non_negative_number('scale_factor', scale_factor)
+  checks.check_non_negative_number('shift_offset', shift_offset)
   image = tf.convert_to_tensor(image, tf.float32)
   channels = tf.shape(image)[-1:]
   scale_seed, shift_seed = _split(seed, 2)
@@ -350,7 +344,7 @@ def case_to_crops(
   """
   crop_size = _check_crop_size(crop_size)
   checks.check_positive_int('crops_per_case', crops_per_case)
-  _check_probability('tumour_crop_probability', tumour_crop_probability)
+  checks.check_probability('tumour_crop_probability', tumour_crop_probability)
   image, regions = _ensure_case_shapes(image, regions)
   packed = regions.dtype == tf.uint8
   mean, std = zscore_statistics(image)
@@ -674,7 +668,7 @@ def _check_training_options(
 ) -> dict[str, Any]:
   crop_size = _check_crop_size(crop_size)
   checks.check_positive_int('batch_size', batch_size)
-  _check_probability('tumour_crop_probability', tumour_crop_probability)
+  checks.check_probability('tumour_crop_probability', tumour_crop_probability)
   checks.check_positive_int('crops_per_case', crops_per_case)
   checks.check_positive_int('shuffle_buffer_size', shuffle_buffer_size)
   if isinstance(seed, tf.Tensor | tf.Variable):
@@ -757,13 +751,6 @@ def _check_crop_size(crop_size: Any) -> tuple[int, int, int]:
       f'integer. Found {crop_size!r}.'
     )
   return tuple(int(v) for v in crop_size)
-
-
-def _check_probability(name: str, value: Any) -> None:
-  if not checks.is_number(value) or not 0.0 <= value <= 1.0:
-    raise ValueError(
-      f'{name} must be a probability in [0, 1]. Found {value!r}.'
-    )
 
 
 def _check_autotune_or_positive(name: str, value: Any) -> None:

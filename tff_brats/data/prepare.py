@@ -33,6 +33,7 @@ from tff_brats.data import partitions
 from tff_brats.data import reader
 from tff_brats.data import records
 from tff_brats.utils import atomic
+from tff_brats.utils import checks
 
 DEFAULT_CASES_PER_SHARD = 16
 
@@ -77,12 +78,8 @@ def prepare_dataset(
       `output_dir` that exists and is not this preparation's output.
     ValueError: Bad arguments.
   """
-  if cases_per_shard < 1:
-    raise ValueError(
-      f'cases_per_shard must be at least 1. Found {cases_per_shard}.'
-    )
-  if crop_margin < 0:
-    raise ValueError(f'crop_margin must be non-negative. Found {crop_margin}.')
+  checks.check_positive_int('cases_per_shard', cases_per_shard)
+  checks.check_non_negative_int('crop_margin', crop_margin)
   data_dir = os.path.abspath(data_dir)
   output_dir = os.path.abspath(output_dir)
   request = {

@@ -32,6 +32,7 @@ import numpy as np
 
 from tff_brats.data import errors
 from tff_brats.data import layouts
+from tff_brats.utils import checks
 
 # Folders of BraTS 2018/2019 that group cases by tumour grade.
 GRADES = ('HGG', 'LGG')
@@ -283,10 +284,9 @@ def load_case(
     BratsDataError: If a file is unreadable, truncated or not NIfTI, a volume
       is not 3-D or not finite, the files' shapes or affines differ, or a
       label is outside the layout's convention.
-    ValueError: If `affine_atol` is negative.
+    ValueError: If `affine_atol` is not a finite non-negative number.
   """
-  if not affine_atol >= 0:
-    raise ValueError(f'affine_atol must be non-negative. Found {affine_atol}.')
+  checks.check_non_negative_number('affine_atol', affine_atol)
   if case.label_path is None and require_label:
     raise errors.BratsDataError(
       'segmentation must be present (require_label=True). Found a case '

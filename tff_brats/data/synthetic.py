@@ -240,8 +240,8 @@ def assign_institutions(
 def case_grade(case_index: int, *, lgg_fraction: float, seed: int) -> str:
   """'LGG' with probability `lgg_fraction`, from the case's own stream."""
   checks.check_non_negative_int('case_index', case_index)
-  _check_fraction('lgg_fraction', lgg_fraction)
-  _check_seed(seed)
+  checks.check_probability('lgg_fraction', lgg_fraction)
+  checks.check_non_negative_int('seed', seed)
   rng = _rng(seed, _GRADE_STREAM, case_index)
   return 'LGG' if rng.random() < lgg_fraction else 'HGG'
 
@@ -249,7 +249,7 @@ def case_grade(case_index: int, *, lgg_fraction: float, seed: int) -> str:
 def scanner_profile(institution: int, *, seed: int) -> ScannerProfile:
   """The scanner of institution number `institution` (0-based)."""
   checks.check_non_negative_int('institution', institution)
-  _check_seed(seed)
+  checks.check_non_negative_int('seed', seed)
   rng = _rng(seed, _SCANNER_STREAM, institution)
   scale = np.array(_BASE_SCALE) * np.exp(rng.uniform(-0.6, 0.6, 4))
   contrast = rng.uniform(0.85, 1.2, 4)
@@ -305,12 +305,11 @@ def generate_case(
   """
   checks.check_non_negative_int('case_index', case_index)
   checks.check_non_negative_int('institution', institution)
-  if grade not in GRADES:
-    raise ValueError(f'grade must be one of {list(GRADES)}. Found {grade!r}.')
+  checks.check_one_of('grade', grade, GRADES)
   shape = _check_shape(shape)
   spacing = _check_spacing(spacing)
   layout = _as_layout(layout)
-  _check_seed(seed)
+  checks.check_non_negative_int('seed', seed)
   token = institution_tokens(institution + 1)[institution]
   profile = scanner_profile(institution, seed=seed)
   rng = _rng(seed, _CASE_STREAM, case_index)
@@ -392,8 +391,8 @@ def generate_dataset(
   layout_ = _as_layout(layout)
   grade_folders = _check_grade_folders(grade_folders, layout_)
   _check_counts(num_cases, num_institutions, institution_sizes)
-  _check_fraction('lgg_fraction', lgg_fraction)
-  _check_seed(seed)
+  checks.check_probability('lgg_fraction', lgg_fraction)
+  checks.check_non_negative_int('seed', seed)
   parameters = {
     'num_cases': num_cases,
     'num_institutions': num_institutions,
@@ -869,19 +868,6 @@ def _as_layout(layout: str | layouts.Layout) -> layouts.Layout:
   return layouts.get_layout(layout)
 
 
-def _check_seed(seed: Any) -> None:
-  checks.check_non_negative_int('seed', seed)
-
-
-def _check_fraction(name: str, value: Any) -> None:
-  if (
-    isinstance(value, bool)
-    or not isinstance(value, int | float | np.floating | np.integer)
-    or not 0 <= value <= 1
-  ):
-    raise ValueError(f'{name} must be a number in [0, 1]. Found {value!r}.')
-
-
 def _check_counts(
   num_cases: Any, num_institutions: Any, institution_sizes: Any
 ) -> None:
@@ -894,11 +880,7 @@ def _check_counts(
       f'num_institutions must be an integer between 1 and num_cases '
       f'({num_cases}). Found {num_institutions!r}.'
     )
-  if institution_sizes not in INSTITUTION_SIZES:
-    raise ValueError(
-      f'institution_sizes must be one of {list(INSTITUTION_SIZES)}. '
-      f'Found {institution_sizes!r}.'
-    )
+  checks.check_one_of('institution_sizes', institution_sizes, INSTITUTION_SIZES)
   if institution_sizes == 'paper' and num_institutions > len(
     PAPER_INSTITUTION_SIZES
   ):

@@ -11,13 +11,14 @@ shows tumour whenever there is any.
 from __future__ import annotations
 
 from collections.abc import Sequence
-import os
 
 import matplotlib
 
 matplotlib.use('Agg')  # files only, no display
 import matplotlib.pyplot as plt
 import numpy as np
+
+from tff_brats.utils import atomic
 
 # RGB in [0, 1]: oedema, necrotic core, enhancing tumour.
 EDEMA_COLOUR = (0.0, 0.8, 0.0)
@@ -114,7 +115,8 @@ def save_case_figure(
   """Writes a PNG: one row per case (image, ground truth, prediction).
 
   Args:
-    path: The PNG to write (atomically).
+    path: The PNG to write (atomically, see `atomic.staged_file`); its
+      folder must exist.
     cases: `(case_id, image, truth_regions, predicted_regions)` tuples.
     scores: Optional per-case dicts (e.g. {'Dice WT': 0.91}) shown in the
       prediction's title.
@@ -144,11 +146,12 @@ def save_case_figure(
       )
       ax.set_title(titles[col], fontsize=8)
       ax.axis('off')
-  fig.tight_layout()
-  tmp = f'{path}.tmp.png'
-  fig.savefig(tmp, dpi=100)
-  plt.close(fig)
-  os.replace(tmp, path)
+  try:
+    fig.tight_layout()
+    with atomic.staged_file(path) as tmp:
+      fig.savefig(tmp, dpi=100, format='png')
+  finally:
+    plt.close(fig)
   return path
 
 

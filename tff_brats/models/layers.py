@@ -21,7 +21,6 @@ are Keras-serialisable under the package name 'tff_brats'.
 from __future__ import annotations
 
 from collections.abc import Callable
-import math
 import random
 from typing import Any
 
@@ -64,16 +63,8 @@ class GroupNorm(tf.keras.layers.Layer):
   ):
     super().__init__(**kwargs)
     checks.check_positive_int('groups', groups)
-    if (
-      not checks.is_number(epsilon)
-      or not math.isfinite(epsilon)
-      or epsilon <= 0
-    ):
-      raise ValueError(f'epsilon must be a positive number. Found {epsilon!r}.')
-    if activation not in _ACTIVATIONS:
-      raise ValueError(
-        f"activation must be None or 'relu'. Found {activation!r}."
-      )
+    checks.check_positive_number('epsilon', epsilon)
+    checks.check_one_of('activation', activation, _ACTIVATIONS)
     self.groups = int(groups)
     self.epsilon = float(epsilon)
     self.activation = activation

@@ -20,7 +20,6 @@ smoothing changes the value by about 1e-5 / (Σ t + Σ p).
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import tensorflow as tf
@@ -58,8 +57,8 @@ class SoftDiceLoss(tf.keras.losses.Loss):
       ValueError: A smoothing term is out of range.
     """
     super().__init__(reduction=reduction, name=name)
-    _check_number('smooth_numerator', smooth_numerator, positive=False)
-    _check_number('smooth_denominator', smooth_denominator, positive=True)
+    checks.check_non_negative_number('smooth_numerator', smooth_numerator)
+    checks.check_positive_number('smooth_denominator', smooth_denominator)
     self.smooth_numerator = float(smooth_numerator)
     self.smooth_denominator = float(smooth_denominator)
 
@@ -119,10 +118,10 @@ class DiceBCELoss(tf.keras.losses.Loss):
       ValueError: An argument is out of range.
     """
     super().__init__(reduction=reduction, name=name)
-    _check_number('dice_weight', dice_weight, positive=False)
-    _check_number('bce_weight', bce_weight, positive=False)
-    _check_number('smooth_numerator', smooth_numerator, positive=False)
-    _check_number('smooth_denominator', smooth_denominator, positive=True)
+    checks.check_non_negative_number('dice_weight', dice_weight)
+    checks.check_non_negative_number('bce_weight', bce_weight)
+    checks.check_non_negative_number('smooth_numerator', smooth_numerator)
+    checks.check_positive_number('smooth_denominator', smooth_denominator)
     if not checks.is_number(epsilon) or not 0 < epsilon < 0.5:
       raise ValueError(f'epsilon must be in (0, 0.5). Found {epsilon!r}.')
     self.dice_weight = float(dice_weight)
@@ -195,12 +194,3 @@ def soft_dice(
   intersection = tf.reduce_sum(y_true * y_pred, axis=axes)
   total = tf.reduce_sum(y_true, axis=axes) + tf.reduce_sum(y_pred, axis=axes)
   return (2.0 * intersection + smooth_numerator) / (total + smooth_denominator)
-
-
-def _check_number(name: str, value: Any, *, positive: bool) -> None:
-  """ValueError unless `value` is a finite number > 0 (or >= 0)."""
-  ok = checks.is_number(value) and math.isfinite(value)
-  if ok and (value > 0 if positive else value >= 0):
-    return
-  kind = 'positive' if positive else 'non-negative'
-  raise ValueError(f'{name} must be a {kind} number. Found {value!r}.')

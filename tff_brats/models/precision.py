@@ -38,6 +38,8 @@ import contextlib
 
 import tensorflow as tf
 
+from tff_brats.utils import checks
+
 FLOAT32 = 'float32'
 MIXED_FLOAT16 = 'mixed_float16'
 MIXED_BFLOAT16 = 'mixed_bfloat16'
@@ -46,10 +48,7 @@ PRECISIONS = (FLOAT32, MIXED_FLOAT16, MIXED_BFLOAT16)
 
 def check_precision(precision: str) -> None:
   """Raises ValueError unless `precision` is one of `PRECISIONS`."""
-  if precision not in PRECISIONS:
-    raise ValueError(
-      f'precision must be one of {", ".join(PRECISIONS)}. Found {precision!r}.'
-    )
+  checks.check_one_of('precision', precision, PRECISIONS)
 
 
 def set_precision(precision: str) -> None:
@@ -98,10 +97,7 @@ def recommended_precision(
   """
   if device_type is None:
     device_type = 'GPU' if tf.config.list_physical_devices('GPU') else 'CPU'
-  if device_type not in ('GPU', 'CPU'):
-    raise ValueError(
-      f"device_type must be 'GPU' or 'CPU'. Found {device_type!r}."
-    )
+  checks.check_one_of('device_type', device_type, ('GPU', 'CPU'))
   if device_type == 'GPU':
     return MIXED_FLOAT16
   flags = _cpu_flags() if cpu_flags is None else set(cpu_flags)

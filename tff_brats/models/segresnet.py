@@ -308,7 +308,7 @@ class SegResNet(tf.keras.Model):
         f'norm_groups must divide init_filters={init_filters}. '
         f'Found {norm_groups!r}.'
       )
-    _check_positive_number('norm_epsilon', norm_epsilon)
+    checks.check_positive_number('norm_epsilon', norm_epsilon)
     if not checks.is_number(dropout_rate) or not 0 <= dropout_rate < 1:
       raise ValueError(
         f'dropout_rate must be in [0, 1). Found {dropout_rate!r}.'
@@ -467,8 +467,3 @@ def _block_counts(name: str, value: Any) -> tuple[int, ...]:
   if not all(checks.is_int(v) and v >= 0 for v in value):
     raise ValueError(message)
   return tuple(int(v) for v in value)
-
-
-def _check_positive_number(name: str, value: Any) -> None:
-  if not checks.is_number(value) or not math.isfinite(value) or value <= 0:
-    raise ValueError(f'{name} must be a positive number. Found {value!r}.')

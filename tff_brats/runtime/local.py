@@ -40,6 +40,8 @@ import grpc
 import portpicker
 import tensorflow_federated as tff
 
+from tff_brats.utils import checks
+
 # TFF's own limits for the local gRPC channel (2 GB messages).
 _GRPC_MAX_MESSAGE_BYTES = 2 * 1000 * 1000 * 1000
 _GRPC_CHANNEL_OPTIONS = [
@@ -78,14 +80,8 @@ class LocalRuntime:
       startup_timeout: Seconds to wait for the worker to accept calls.
       port: The worker's port; a free one when None.
     """
-    if default_num_clients < 0:
-      raise ValueError(
-        f'default_num_clients must be non-negative. Found {default_num_clients}.'
-      )
-    if startup_timeout <= 0:
-      raise ValueError(
-        f'startup_timeout must be positive. Found {startup_timeout}.'
-      )
+    checks.check_non_negative_int('default_num_clients', default_num_clients)
+    checks.check_positive_number('startup_timeout', startup_timeout)
     self._default_num_clients = default_num_clients
     self._log_dir = log_dir
     self._max_calls = max_concurrent_computation_calls
