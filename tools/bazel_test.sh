@@ -4,6 +4,10 @@
 #
 #   tools/bazel_test.sh                          # //...
 #   tools/bazel_test.sh //:layouts_test //:records_test
+#   tools/bazel_test.sh --build_everything //:layouts_test
+#                                                # `bazel build //...` first
+#                                                # (every target must build),
+#                                                # then test the targets
 #   tools/bazel_test.sh --nocache_test_results   # words starting with '-' are
 #                                                # `bazel test` flags (use
 #                                                # --flag=value); after `--`
@@ -33,8 +37,11 @@ fi
 flags=()
 targets=()
 only_targets=0
+build_everything=0
 for arg in "$@"; do
-  if (( only_targets )); then
+  if (( ! only_targets )) && [[ "$arg" == --build_everything ]]; then
+    build_everything=1
+  elif (( only_targets )); then
     targets+=("$arg")
   elif [[ "$arg" == -- ]]; then
     only_targets=1
@@ -49,6 +56,15 @@ done
 startup=()
 if [[ -n "${BAZEL_OUTPUT_USER_ROOT:-}" ]]; then
   startup+=("--output_user_root=$BAZEL_OUTPUT_USER_ROOT")
+fi
+
+if (( build_everything )); then
+  start=$SECONDS
+  if ! bazel "${startup[@]}" build -- //...; then
+    echo "[bazel_test] bazel build //... failed" >&2
+    exit 1
+  fi
+  echo "[bazel_test] bazel build //... passed in $(( SECONDS - start ))s"
 fi
 
 events=$(mktemp "${TMPDIR:-/tmp}/bazel_test_events.XXXXXX")

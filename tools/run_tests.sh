@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite (run by `make test` and by CI through .ci/run):
-# formatter and linter, pytest (everything not marked `gpu`), and the fast
-# Bazel targets (everything not tagged `slow` or `gpu`).
+# formatter and linter, pytest (everything not marked `gpu`, each test once,
+# with the 20 slowest printed), then Bazel: every target must build
+# (`bazel build //...`) and a few representative test targets, one per
+# layer, run through Bazel's own runner (pytest has run them all already).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
@@ -11,7 +13,9 @@ echo "== ruff format --check"
 echo "== ruff check"
 .venv/bin/ruff check .
 echo "== pytest"
-.venv/bin/pytest
-echo "== bazel test (fast targets)"
+.venv/bin/pytest --durations=20
+echo "== bazel build //... and representative bazel test targets"
 tools/install_bazel.sh
-tools/bazel_test.sh
+tools/bazel_test.sh --build_everything \
+  //:layouts_test //:accounting_test //:client_side_test \
+  //:federated_config_test

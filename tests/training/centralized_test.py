@@ -196,7 +196,10 @@ def test_existing_run_dir_needs_resume(data_dir, tmp_path):
       r'crop_size must be 3 positive multiples of 8',
     ),
     ({'loss': 'focal'}, r"loss must be one of \('dice', 'dice_bce'\)"),
-    ({'learning_rate': 0.0}, 'learning_rate must be positive. Found 0.0.'),
+    (
+      {'learning_rate': 0.0},
+      'learning_rate must be a positive number. Found 0.0.',
+    ),
   ],
 )
 def test_bad_config(data_dir, overrides, message):

@@ -107,13 +107,9 @@ class ClientConfig:
     precision_lib.check_precision(self.precision)
     pipeline.training_element_spec(self.crop_size, self.batch_size)
     checks.check_positive_int('crops_per_case', self.crops_per_case)
-    if not checks.is_number(self.tumour_crop_probability) or not (
-      0 <= self.tumour_crop_probability <= 1
-    ):
-      raise ValueError(
-        'tumour_crop_probability must be in [0, 1]. '
-        f'Found {self.tumour_crop_probability!r}.'
-      )
+    checks.check_probability(
+      'tumour_crop_probability', self.tumour_crop_probability
+    )
     multiple = 2 ** (
       len(self.model_config.get('blocks_down', (1, 2, 2, 4))) - 1
     )

@@ -106,10 +106,7 @@ class CentralizedConfig:
     checks.check_non_negative_int('num_overlay_cases', self.num_overlay_cases)
     if self.max_eval_cases is not None:
       checks.check_positive_int('max_eval_cases', self.max_eval_cases)
-    if not self.learning_rate > 0:
-      raise ValueError(
-        f'learning_rate must be positive. Found {self.learning_rate}.'
-      )
+    checks.check_positive_number('learning_rate', self.learning_rate)
     client_training.make_loss(self.loss)  # checks the name
     for name in ('crop_size', 'eval_window'):
       size = getattr(self, name)
