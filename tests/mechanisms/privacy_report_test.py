@@ -93,6 +93,7 @@ def test_sparse_vector_report():
     'worst case: every round',
     'expected: ⌈pR⌉ rounds, not a bound',
     'one round: ε = 0.2000 at δ = 1e-05 (PLD)',
+    'Update: N = 4,702,227 values (num_values).',
   ):
     assert text in report
   assert all(len(line) <= 79 for line in report.splitlines())

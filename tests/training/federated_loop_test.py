@@ -177,7 +177,10 @@ def test_run_writes_every_output(fake_run):
   assert summary['privacy']['mechanism'] == 'sparse_vector'
   assert summary['privacy']['per_round'] == '(ε = 2, δ = 0) per round'
   assert summary['privacy']['epsilon_summed'] == {c: 4.0 for c in _CLIENTS}
-  assert summary['privacy']['caveats'] == list(_SVT.caveats)
+  assert summary['privacy']['caveats'] == [
+    *_SVT.caveats,
+    federated.TRAINING_STATISTICS_CAVEAT,
+  ]
   assert summary['rounds_completed'] == 2
   assert summary['releases'] == 2
   assert summary['stopped'] is None
@@ -187,6 +190,7 @@ def test_run_writes_every_output(fake_run):
     re.search(rf'^{c}\s+2\s+sparse_vector', table, re.M) for c in _CLIENTS
   )
   assert 'step count n' in table
+  assert 'Dice voxel' in table and 'not privatised' in table
   with open(os.path.join(run_dir, 'learning_curves.png'), 'rb') as f:
     assert f.read(8) == b'\x89PNG\r\n\x1a\n'
   # Every model records what inference needs to match training (the test

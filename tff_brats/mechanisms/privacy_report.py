@@ -186,6 +186,11 @@ def format_report(result: dict[str, Any]) -> str:
       f'({s["method"]}; achieved ε = {s["achieved_epsilon"]:.6g}).',
       '',
     ]
+  if result['num_values'] is not None:
+    lines.append(
+      f'Update: N = {result["num_values"]:,} values '
+      f'({result["num_values_source"]}).'
+    )
   lines += result['description']
   one_round = accounting.format_epsilon(result['round']['epsilon_at_delta'])
   lines.append(f'  one round: ε = {one_round} at δ = {delta:g} (PLD)')

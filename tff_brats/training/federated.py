@@ -95,6 +95,12 @@ LEDGER_JSON = 'privacy_ledger.json'
 LEDGER_TABLE = 'privacy_ledger.txt'
 JOURNAL_NAME = privacy_journal.JOURNAL_NAME
 FederatedConfig = federated_config.FederatedConfig
+# Printed with every ε of a run: what leaves a client besides its update.
+TRAINING_STATISTICS_CAVEAT = (
+  'Not covered by this ε: the training statistics every client sends with '
+  'its update (loss sum, Dice voxel counts on its training crops, step '
+  'count, non-finite flag) are not privatised.'
+)
 
 
 def sample_clients(
@@ -523,7 +529,8 @@ class FederatedLoop:
     atomic.write_text(
       os.path.join(run_dir, LEDGER_JSON), self.ledger.to_json() + '\n'
     )
-    table = self.ledger.table(config.delta, notes=mechanism.caveats)
+    caveats = [*mechanism.caveats, TRAINING_STATISTICS_CAVEAT]
+    table = self.ledger.table(config.delta, notes=caveats)
     atomic.write_text(os.path.join(run_dir, LEDGER_TABLE), table + '\n')
     exported = None
     if self.best_round > 0:
@@ -561,7 +568,7 @@ class FederatedLoop:
         'rounds_per_institution': {
           c: self.ledger.num_rounds(c) for c in self.client_ids
         },
-        'caveats': list(mechanism.caveats),
+        'caveats': caveats,
       },
       'seconds_last_round': float(last['seconds']) if last else None,
       'best_model': os.path.join(run_dir, 'best_model'),
