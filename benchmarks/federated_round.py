@@ -253,7 +253,9 @@ def run_benchmark(
       'server_optimizer': 'SGD(learning_rate=1.0)',
       'loss': config.loss,
       'privacy_mechanism': privacy_mechanism,
-      'svt': svt if privacy_mechanism == 'sparse_vector' else None,
+      'mechanism': federated_setup.privacy_mechanism(
+        privacy_mechanism, svt
+      ).to_dict(),
       'noise_seed': 'fresh per client and round (None)',
       'warmup_rounds': warmup,
       'timed_rounds': rounds,

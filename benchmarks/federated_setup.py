@@ -307,16 +307,17 @@ def client_inputs(
   ]
 
 
-def model_aggregator(privacy_mechanism: str, svt: dict[str, float]):
-  """The weighted aggregator: plain mean, or SVT with `svt`'s parameters."""
-  if privacy_mechanism not in PRIVACY_MECHANISMS:
-    raise ValueError(
-      f'privacy_mechanism must be one of {PRIVACY_MECHANISMS}. '
-      f'Found {privacy_mechanism!r}.'
-    )
-  if privacy_mechanism == 'none':
-    return mechanisms.NoPrivacy().aggregation_factory()
-  return mechanisms.SparseVector(**svt).aggregation_factory()
+def privacy_mechanism(name: str, svt: dict[str, float]):
+  """The mechanism `name`, with the parameters of `svt` it has."""
+  cls = mechanisms.get(name)
+  return cls.from_parameters(
+    {k: v for k, v in svt.items() if k in cls.parameter_names()}
+  )
+
+
+def model_aggregator(name: str, svt: dict[str, float]):
+  """The weighted aggregator of the mechanism `name` (see `privacy_mechanism`)."""
+  return privacy_mechanism(name, svt).aggregation_factory()
 
 
 @contextlib.contextmanager

@@ -161,7 +161,9 @@ def run_benchmark(
       'init_filters': init_filters,
       'crops_per_case': crops_per_case,
       'privacy_mechanism': privacy_mechanism,
-      'svt': svt if privacy_mechanism == 'sparse_vector' else None,
+      'mechanism': federated_setup.privacy_mechanism(
+        privacy_mechanism, svt
+      ).to_dict(),
       'rounds': rounds,
       'baseline_round': baseline_round,
       'seed': seed,

@@ -6,6 +6,11 @@
   `absl.testing.flagsaver`.
 * Markers `slow` and `gpu` are declared in pyproject.toml; the default test
   command deselects `gpu`.
+* `tff_runtime`: one TFF runtime (`LocalRuntime`, one C++ worker) shared by
+  every test in the session that only runs computations on it, made TFF's
+  default context again before each such test (another test's own runtime
+  removes it when it closes); the session checks its worker is gone at the
+  end.
 * gRPC's fork handlers are switched off (before anything imports grpc), for
   this process and the children it starts. One pytest process starts and
   closes many TFF runtimes, and each start forks a worker
@@ -24,6 +29,28 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('GRPC_ENABLE_FORK_SUPPORT', 'false')
 
 from absl import flags
+import pytest
+
+
+@pytest.fixture(scope='session')
+def _shared_tff_runtime(tmp_path_factory):
+  from tests import testing_utils
+  from tff_brats.runtime import local
+
+  log_dir = tmp_path_factory.mktemp('shared_tff_runtime')
+  with local.LocalRuntime(log_dir=str(log_dir)) as runtime:
+    pid = runtime.worker_pid
+    yield runtime
+  assert testing_utils.wait_process_gone(pid), (
+    f'TFF worker {pid} survived the shared runtime'
+  )
+
+
+@pytest.fixture
+def tff_runtime(_shared_tff_runtime):
+  """The session's TFF runtime, installed as TFF's default context."""
+  _shared_tff_runtime.activate()
+  return _shared_tff_runtime
 
 
 def pytest_configure(config):

@@ -10,7 +10,6 @@ import tensorflow_federated as tff
 
 from tff_brats import mechanisms
 from tff_brats.aggregators import private_sharing
-from tff_brats.runtime import local
 
 VALUE = tff.TensorType(np.float32, [2])
 WEIGHT = tff.TensorType(np.float32)
@@ -93,10 +92,9 @@ class SpreadFactory(tff.aggregators.UnweightedAggregationFactory):
     return tff.templates.AggregationProcess(init_fn, next_fn)
 
 
-@pytest.fixture(scope='module')
-def runtime(tmp_path_factory):
-  with local.LocalRuntime(log_dir=str(tmp_path_factory.mktemp('rt'))) as rt:
-    yield rt
+@pytest.fixture
+def runtime(tff_runtime):
+  return tff_runtime
 
 
 class TestTypeSignatures:

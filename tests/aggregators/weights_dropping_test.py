@@ -7,7 +7,6 @@ import pytest
 import tensorflow_federated as tff
 
 from tff_brats.aggregators import weights_dropping
-from tff_brats.runtime import local
 
 VALUE = tff.TensorType(np.float32, [2])
 WEIGHT = tff.TensorType(np.float32)
@@ -32,7 +31,7 @@ def test_type_signature_is_the_inner_one_plus_weights():
   )
 
 
-def test_weights_do_not_enter_the_result(tmp_path):
+def test_weights_do_not_enter_the_result(tff_runtime):
   """Noise-free DP-FedAvg: the weighted form is the plain mean."""
   factory = weights_dropping.WeightsDroppingFactory(
     tff.aggregators.DifferentiallyPrivateFactory.gaussian_fixed(
@@ -40,10 +39,9 @@ def test_weights_do_not_enter_the_result(tmp_path):
     )
   )
   process = factory.create(VALUE, WEIGHT)
-  with local.LocalRuntime(log_dir=str(tmp_path)):
-    output = process.next(
-      process.initialize(), [[1.0, 2.0], [3.0, 6.0]], [1.0, 100.0]
-    )
+  output = process.next(
+    process.initialize(), [[1.0, 2.0], [3.0, 6.0]], [1.0, 100.0]
+  )
   np.testing.assert_allclose(output.result, [2.0, 4.0], rtol=1e-6)
 
 

@@ -19,7 +19,6 @@ from tff_brats import mechanisms
 from tff_brats.learning import client_training
 from tff_brats.learning import fed_avg
 from tff_brats.models import segresnet
-from tff_brats.runtime import local
 
 # The smallest SegResNet with a skip connection (two levels): tracing the
 # process takes about 10 s instead of about 30 s for the default depth.
@@ -40,15 +39,9 @@ def folder(tmp_path_factory):
   return testing_utils.write_prepared_folder(str(root), CLIENT_SHAPES)
 
 
-@pytest.fixture(scope='module')
-def runtime(tmp_path_factory):
-  log_dir = tmp_path_factory.mktemp('runtime')
-  with local.LocalRuntime(log_dir=str(log_dir)) as rt:
-    pid = rt.worker_pid
-    yield rt
-  assert testing_utils.wait_process_gone(pid), (
-    f'TFF worker {pid} survived the runtime'
-  )
+@pytest.fixture
+def runtime(tff_runtime):
+  return tff_runtime
 
 
 @pytest.fixture(scope='module')

@@ -10,7 +10,6 @@ import tensorflow_federated as tff
 
 from tff_brats import mechanisms
 from tff_brats.privacy import accounting
-from tff_brats.runtime import local
 
 EVERY = {
   'none': mechanisms.NoPrivacy(),
@@ -59,10 +58,9 @@ def test_from_dict_rejects():
 # ------------------------------------------------ two rounds of FedAvg ----
 
 
-@pytest.fixture(scope='module')
-def runtime(tmp_path_factory):
-  with local.LocalRuntime(log_dir=str(tmp_path_factory.mktemp('rt'))) as rt:
-    yield rt
+@pytest.fixture
+def runtime(tff_runtime):
+  return tff_runtime
 
 
 def _model_fn():

@@ -5,9 +5,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tests import testing_utils
 from tff_brats.models import metrics
-from tff_brats.runtime import local
 
 SHAPE = (4, 4, 4)
 
@@ -326,14 +324,9 @@ def _assert_metrics(actual, expected):
     assert actual[name] == pytest.approx(value, rel=1e-6), name
 
 
-@pytest.fixture(scope='module')
-def runtime(tmp_path_factory):
-  with local.LocalRuntime(log_dir=str(tmp_path_factory.mktemp('tff'))) as rt:
-    pid = rt.worker_pid
-    yield rt
-  assert testing_utils.wait_process_gone(pid), (
-    f'TFF worker {pid} survived the runtime'
-  )
+@pytest.fixture
+def runtime(tff_runtime):
+  return tff_runtime
 
 
 @pytest.fixture(scope='module')

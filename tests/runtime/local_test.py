@@ -190,6 +190,22 @@ def test_runtime_runs_federated_computation_and_cleans_up(tmp_path):
   assert tf.constant(2).numpy() == 2
 
 
+def test_activate_reinstalls_the_context_after_another_runtime(tmp_path):
+  @tff.tensorflow.computation(np.float32)
+  def double(x):
+    return x * 2.0
+
+  with local.LocalRuntime(log_dir=str(tmp_path / 'a')) as shared:
+    with local.LocalRuntime(log_dir=str(tmp_path / 'b')):
+      pass  # its close removes TFF's default context
+    with pytest.raises(Exception, match='context'):
+      double(1.0)
+    shared.activate()
+    assert double(1.5) == pytest.approx(3.0)
+  with pytest.raises(RuntimeError, match='not started'):
+    shared.activate()
+
+
 def test_close_is_idempotent_and_restores_signal_handlers(tmp_path):
   before = signal.getsignal(signal.SIGTERM)
   rt = local.LocalRuntime(log_dir=str(tmp_path))

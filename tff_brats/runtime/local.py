@@ -91,6 +91,7 @@ class LocalRuntime:
     self._channel: grpc.Channel | None = None
     self._previous_handlers: dict[int, object] = {}
     self._temporary_log_dir: str | None = None
+    self._context = None
 
   @property
   def worker_pid(self) -> int | None:
@@ -139,17 +140,32 @@ class LocalRuntime:
       stub = tff.framework.RemoteExecutorGrpcStub(self._channel)
       self._worker.wait_until(lambda: stub.is_ready, self._startup_timeout)
       logging.info('TFF worker ready after %.1f s.', time.monotonic() - started)
-      context = _sync_context(stub, self._default_num_clients)
-      tff.framework.set_default_context(context)
+      self._context = _sync_context(stub, self._default_num_clients)
+      tff.framework.set_default_context(self._context)
     except BaseException:
       self.close()
       raise
+
+  def activate(self) -> None:
+    """Makes this runtime's context TFF's default again.
+
+    For a long-lived runtime shared by several users in one process (e.g. a
+    test session), after something else (another runtime's `close`)
+    changed TFF's default context.
+
+    Raises:
+      RuntimeError: The runtime is not started.
+    """
+    if self._worker is None or self._context is None:
+      raise RuntimeError('This LocalRuntime is not started.')
+    tff.framework.set_default_context(self._context)
 
   def close(self) -> None:
     """Removes the context and stops the worker (idempotent)."""
     worker, self._worker = self._worker, None
     if worker is None:
       return
+    self._context = None
     with _live_lock:
       _live_runtimes.discard(self)
     atexit.unregister(self.close)
