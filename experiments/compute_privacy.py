@@ -1,4 +1,4 @@
-"""Reports what a planned private federated run spends, per institution.
+r"""Reports what a planned private federated run spends, per institution.
 
 Examples:
 
@@ -28,6 +28,7 @@ parameters are the flags named like its fields (`--shared_fraction`,
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from absl import app
 from absl import flags
@@ -52,29 +53,58 @@ _OUTPUT_JSON = flags.DEFINE_string(
 )
 
 
+# The shared flags this binary reads; --help lists them with its own.
+for _name in (
+  'init_filters',
+  'total_rounds',
+  'clients_per_round',
+  'target_epsilon',
+  'delta',
+  *shared_flags.PRIVACY_FLAGS,
+):
+  flags.declare_key_flag(_name)
+
+
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {list(argv[1:])}.')
   try:
-    result = privacy_report.run_compute_privacy(
-      privacy_mechanism=shared_flags.PRIVACY_MECHANISM.value,
-      parameters=shared_flags.privacy_parameters(),
-      num_values=_NUM_VALUES.value,
-      init_filters=shared_flags.INIT_FILTERS.value,
-      total_rounds=shared_flags.TOTAL_ROUNDS.value,
-      clients_per_round=shared_flags.CLIENTS_PER_ROUND.value,
-      num_clients=_NUM_CLIENTS.value,
-      delta=shared_flags.DELTA.value,
-      target_epsilon=shared_flags.TARGET_EPSILON.value,
-      solve_for=_SOLVE_FOR.value,
-      output_json=_OUTPUT_JSON.value,
-    )
+    result = privacy_report.run_compute_privacy(**kwargs_from_flags())
   except ValueError as e:
     # The message names the flag and the value; a traceback would bury it.
     raise SystemExit(f'compute_privacy: error: {e}') from None
   print(privacy_report.format_report(result))
   if _OUTPUT_JSON.value:
     print(f'JSON: {_OUTPUT_JSON.value}')
+
+
+def kwargs_from_flags() -> dict[str, Any]:
+  """The keyword arguments of `privacy_report.run_compute_privacy`.
+
+  Raises:
+    ValueError: `--num_values` and `--init_filters` are both given (N is
+      one or the other).
+  """
+  num_values = _NUM_VALUES.value
+  init_filters = shared_flags.INIT_FILTERS.value
+  if num_values is not None and flags.FLAGS['init_filters'].present:
+    raise ValueError(
+      'num_values and init_filters must not both be given. Found '
+      f'num_values={num_values}, init_filters={init_filters}.'
+    )
+  return dict(
+    privacy_mechanism=shared_flags.PRIVACY_MECHANISM.value,
+    parameters=shared_flags.privacy_parameters(),
+    num_values=num_values,
+    init_filters=None if num_values is not None else init_filters,
+    total_rounds=shared_flags.TOTAL_ROUNDS.value,
+    clients_per_round=shared_flags.CLIENTS_PER_ROUND.value,
+    num_clients=_NUM_CLIENTS.value,
+    delta=shared_flags.DELTA.value,
+    target_epsilon=shared_flags.TARGET_EPSILON.value,
+    solve_for=_SOLVE_FOR.value,
+    output_json=_OUTPUT_JSON.value,
+  )
 
 
 def run_main() -> None:

@@ -1,4 +1,4 @@
-"""Exports a trained model folder as a plain TensorFlow SavedModel.
+r"""Exports a trained model folder as a plain TensorFlow SavedModel.
 
 Example:
 
@@ -15,7 +15,8 @@ The model folder's training record (training crop and crop margin, written
 by the trainers) is copied into the SavedModel's metadata, so predict.py
 and evaluate.py use it as their defaults; the binary prints it.
 
-Writing is atomic; an existing output needs `--overwrite`.
+Writing is atomic; an existing output (`--output_dir`, the SavedModel folder
+to create) needs `--overwrite`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from collections.abc import Sequence
 from absl import app
 from absl import flags
 
+from experiments import shared_flags
 from tff_brats.inference import export
 
 _MODEL_DIR = flags.DEFINE_string(
@@ -32,22 +34,26 @@ _MODEL_DIR = flags.DEFINE_string(
   None,
   'A model folder written by tff_brats.models.model_io (config.json + '
   'weights).',
-  required=True,
 )
-_OUTPUT_DIR = flags.DEFINE_string(
-  'output_dir', None, 'The SavedModel folder to create.', required=True
-)
-_OVERWRITE = flags.DEFINE_bool(
-  'overwrite', False, 'Replace an existing exported SavedModel.'
-)
+
+
+# The shared flags this binary reads; --help lists them with its own.
+for _name in (
+  'output_dir',
+  'overwrite',
+):
+  flags.declare_key_flag(_name)
 
 
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {list(argv[1:])}.')
+  shared_flags.require('model_dir', 'output_dir')
   try:
     path = export.export_model_dir(
-      _MODEL_DIR.value, _OUTPUT_DIR.value, overwrite=_OVERWRITE.value
+      _MODEL_DIR.value,
+      shared_flags.OUTPUT_DIR.value,
+      overwrite=shared_flags.OVERWRITE.value,
     )
     training = export.read_training_metadata(path)
   except (ValueError, FileExistsError) as e:

@@ -6,6 +6,10 @@ from typing import Any
 
 from absl import flags
 
+# Flags defined with `DEFINE_int_list` belong to the module that calls it
+# (listed in its --help), not to this one.
+flags.disclaim_key_flags()
+
 
 class _IntListParser(flags.ArgumentParser):
   """Parses '64,64,64' (or a list) into a list of ints."""

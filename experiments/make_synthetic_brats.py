@@ -1,12 +1,13 @@
-"""Writes a synthetic BraTS-style data set of NIfTI files.
+r"""Writes a synthetic BraTS-style data set of NIfTI files.
 
 Example:
 
   python -m experiments.make_synthetic_brats --output_dir=/tmp/synthetic \
     --num_cases=40 --num_institutions=4 --shape=64,64,64
 
-Re-running with the same flags over a finished folder does nothing; other
-flags need `--overwrite`. See `tff_brats.data.synthetic.generate_dataset`.
+`--layout` is brats2018 (the default) or brats2023. Re-running with the
+same flags over a finished folder does nothing; other flags need
+`--overwrite`. See `tff_brats.data.synthetic.generate_dataset`.
 """
 
 from __future__ import annotations
@@ -17,12 +18,10 @@ from typing import Any
 from absl import app
 from absl import flags
 
+from experiments import shared_flags
 from tff_brats.data import layouts
 from tff_brats.data import synthetic
 
-_OUTPUT_DIR = flags.DEFINE_string(
-  'output_dir', None, 'Folder to create.', required=True
-)
 _NUM_CASES = flags.DEFINE_integer('num_cases', 40, 'Number of cases.')
 _NUM_INSTITUTIONS = flags.DEFINE_integer(
   'num_institutions', 4, 'Number of institutions (federated clients).'
@@ -32,9 +31,6 @@ _SHAPE = flags.DEFINE_list(
 )
 _SPACING = flags.DEFINE_list(
   'spacing', ['1', '1', '1'], 'Voxel size in mm along the three axes.'
-)
-_LAYOUT = flags.DEFINE_enum(
-  'layout', 'brats2018', sorted(layouts.LAYOUTS), 'File and label layout.'
 )
 _GRADE_FOLDERS = flags.DEFINE_bool(
   'grade_folders',
@@ -54,30 +50,28 @@ _LGG_FRACTION = flags.DEFINE_float(
   synthetic.BRATS2018_LGG_FRACTION,
   'Probability that a case is low-grade-like.',
 )
-_SEED = flags.DEFINE_integer('seed', 0, 'Random seed.')
-_OVERWRITE = flags.DEFINE_bool(
-  'overwrite', False, 'Replace a data set made with other parameters.'
-)
-_PROGRESS = flags.DEFINE_bool('progress', True, 'Show a progress bar.')
+
+# Without --layout: the BraTS 2018-2021 layout (HGG/LGG folders, labels
+# 0/1/2/4), the one of the paper's data.
+_DEFAULT_LAYOUT = layouts.BRATS2018.name
+
+
+# The shared flags this binary reads; --help lists them with its own.
+for _name in (
+  'output_dir',
+  'layout',
+  'seed',
+  'overwrite',
+  'progress',
+):
+  flags.declare_key_flag(_name)
 
 
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {list(argv[1:])}.')
-  kwargs = dict(
-    output_dir=_OUTPUT_DIR.value,
-    num_cases=_NUM_CASES.value,
-    num_institutions=_NUM_INSTITUTIONS.value,
-    shape=_parse_list('shape', _SHAPE.value, int),
-    spacing=_parse_list('spacing', _SPACING.value, float),
-    layout=_LAYOUT.value,
-    grade_folders=_GRADE_FOLDERS.value,
-    institution_sizes=_INSTITUTION_SIZES.value,
-    lgg_fraction=_LGG_FRACTION.value,
-    seed=_SEED.value,
-    overwrite=_OVERWRITE.value,
-    progress=_PROGRESS.value,
-  )
+  shared_flags.require('output_dir')
+  kwargs = kwargs_from_flags()
   try:
     summary = synthetic.generate_dataset(**kwargs)
   except (ValueError, FileExistsError) as e:
@@ -85,6 +79,28 @@ def main(argv: Sequence[str]) -> None:
     # bury it.
     raise SystemExit(f'make_synthetic_brats: error: {e}') from None
   print(_report(kwargs['output_dir'], summary))
+
+
+def kwargs_from_flags() -> dict[str, Any]:
+  """The keyword arguments of `synthetic.generate_dataset` from the flags.
+
+  Raises:
+    app.UsageError: `--shape` or `--spacing` is not a list of numbers.
+  """
+  return dict(
+    output_dir=shared_flags.OUTPUT_DIR.value,
+    num_cases=_NUM_CASES.value,
+    num_institutions=_NUM_INSTITUTIONS.value,
+    shape=_parse_list('shape', _SHAPE.value, int),
+    spacing=_parse_list('spacing', _SPACING.value, float),
+    layout=shared_flags.LAYOUT.value or _DEFAULT_LAYOUT,
+    grade_folders=_GRADE_FOLDERS.value,
+    institution_sizes=_INSTITUTION_SIZES.value,
+    lgg_fraction=_LGG_FRACTION.value,
+    seed=shared_flags.SEED.value,
+    overwrite=shared_flags.OVERWRITE.value,
+    progress=shared_flags.PROGRESS.value,
+  )
 
 
 def run_main() -> None:

@@ -1,4 +1,4 @@
-"""Prepares a folder of BraTS scans as per-institution TFRecord shards.
+r"""Prepares a folder of BraTS scans as per-institution TFRecord shards.
 
 Examples:
 
@@ -21,23 +21,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 import os
+from typing import Any
 
 from absl import app
 from absl import flags
 
-from tff_brats.data import layouts
+from experiments import shared_flags
 from tff_brats.data import partitions
 from tff_brats.data import prepare
 
-_DATA_DIR = flags.DEFINE_string(
-  'data_dir',
-  None,
-  'Folder of BraTS cases (2018-2021 or 2023+ layout).',
-  required=True,
-)
-_OUTPUT_DIR = flags.DEFINE_string(
-  'output_dir', None, 'Folder to create.', required=True
-)
 _PARTITION = flags.DEFINE_string(
   'partition',
   'brats18_institutions',
@@ -54,32 +46,36 @@ _VALIDATION_FRACTION = flags.DEFINE_float(
   None,
   'Fraction of every institution held out as the shared validation set.',
 )
-_SEED = flags.DEFINE_integer('seed', 0, 'Seed of the random partitions.')
-_LAYOUT = flags.DEFINE_enum(
-  'layout',
-  None,
-  sorted(layouts.LAYOUTS),
-  'Require this layout (default: detect per case).',
-)
 _CASES_PER_SHARD = flags.DEFINE_integer(
   'cases_per_shard',
   prepare.DEFAULT_CASES_PER_SHARD,
   'Largest number of cases per shard file.',
 )
-_CROP_MARGIN = flags.DEFINE_integer(
-  'crop_margin', 0, 'Voxels kept around the brain bounding box.'
-)
-_OVERWRITE = flags.DEFINE_bool(
-  'overwrite', False, 'Replace a folder prepared with other arguments.'
-)
-_PROGRESS = flags.DEFINE_bool('progress', True, 'Show a progress bar.')
+
+# Without --crop_margin: the brain bounding box itself (the library's
+# default, and the margin inference assumes for models that record none).
+_DEFAULT_CROP_MARGIN = 0
+
+
+# The shared flags this binary reads; --help lists them with its own.
+for _name in (
+  'data_dir',
+  'output_dir',
+  'seed',
+  'layout',
+  'crop_margin',
+  'overwrite',
+  'progress',
+):
+  flags.declare_key_flag(_name)
 
 
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {list(argv[1:])}.')
+  shared_flags.require('data_dir', 'output_dir')
   try:
-    prepared = _prepare()
+    prepared = prepare.prepare_dataset(**kwargs_from_flags())
   except ValueError as e:  # BratsDataError and bad argument values
     # The message names the case, the file and the value; a traceback
     # would only bury it.
@@ -88,19 +84,21 @@ def main(argv: Sequence[str]) -> None:
   print(f'Manifest: {os.path.join(prepared.root, "manifest.json")}')
 
 
-def _prepare():
-  return prepare.prepare_dataset(
-    _DATA_DIR.value,
-    _OUTPUT_DIR.value,
+def kwargs_from_flags() -> dict[str, Any]:
+  """The keyword arguments of `prepare.prepare_dataset` from the flags."""
+  crop_margin = shared_flags.CROP_MARGIN.value
+  return dict(
+    data_dir=shared_flags.DATA_DIR.value,
+    output_dir=shared_flags.OUTPUT_DIR.value,
     partition=_PARTITION.value,
     validation_cases=_VALIDATION_CASES.value,
     validation_fraction=_VALIDATION_FRACTION.value,
-    seed=_SEED.value,
-    layout=_LAYOUT.value,
+    seed=shared_flags.SEED.value,
+    layout=shared_flags.LAYOUT.value,
     cases_per_shard=_CASES_PER_SHARD.value,
-    crop_margin=_CROP_MARGIN.value,
-    overwrite=_OVERWRITE.value,
-    progress=_PROGRESS.value,
+    crop_margin=_DEFAULT_CROP_MARGIN if crop_margin is None else crop_margin,
+    overwrite=shared_flags.OVERWRITE.value,
+    progress=shared_flags.PROGRESS.value,
   )
 
 

@@ -8,6 +8,12 @@ process (their tests run `main` in-process with absl's `flagsaver`).
 Flags that a binary needs but that have no sensible default are checked by
 `require(...)` at the start of its `main` (not with absl's `required=True`,
 which would make every binary that imports this module require them).
+
+A name has one meaning: `--threshold` is the SVT's threshold τ and
+`--batch_size` the crops per training step; inference has
+`--probability_threshold` and `--window_batch_size`. Where binaries read
+a flag differently when it is unset (`--layout`, `--crop_margin`,
+`--window`), its help says what each does.
 """
 
 from __future__ import annotations
@@ -20,19 +26,61 @@ from absl import logging
 
 from experiments import flag_types
 from tff_brats import mechanisms
+from tff_brats.data import layouts
+from tff_brats.data import pipeline
+from tff_brats.inference import options as options_lib
+from tff_brats.inference import sliding_window
 from tff_brats.learning import client_training
 from tff_brats.models import precision
 
 FLAGS = flags.FLAGS
 
-# ------------------------------------------------------------ run folder --
+# ------------------------------------------------- inputs and outputs --
 
 DATA_DIR = flags.DEFINE_string(
   'data_dir',
   None,
   'Input folder: a prepared folder (prepare_data output) for training and '
-  'evaluation; BraTS case folders for prepare_data and predict.',
+  'evaluate; a folder of BraTS case folders for prepare_data and predict.',
 )
+OUTPUT_DIR = flags.DEFINE_string(
+  'output_dir',
+  None,
+  'The folder this binary writes: the data set (make_synthetic_brats), the '
+  'prepared folder (prepare_data), the scores (evaluate), the SavedModel '
+  '(export_model) or the segmentations (predict).',
+)
+OVERWRITE = flags.DEFINE_bool(
+  'overwrite',
+  False,
+  'Replace existing outputs (or a folder made with other arguments).',
+)
+PROGRESS = flags.DEFINE_bool('progress', True, 'Show progress bars.')
+SEED = flags.DEFINE_integer(
+  'seed',
+  0,
+  "Seed of the binary's random choices: training's weights, client "
+  'sampling, crops and augmentation (-1: fresh); the partitions of '
+  'prepare_data; the cases of make_synthetic_brats.',
+)
+LAYOUT = flags.DEFINE_enum(
+  'layout',
+  None,
+  sorted(layouts.LAYOUTS),
+  'BraTS file and label layout of the cases: the one make_synthetic_brats '
+  'writes (default brats2018) or the one prepare_data requires (default: '
+  'detect per case).',
+)
+CROP_MARGIN = flags.DEFINE_integer(
+  'crop_margin',
+  None,
+  'Voxels kept around the brain bounding box. prepare_data: default 0; '
+  "predict: default the crop margin of the model's training data (0 if the "
+  'model records none).',
+)
+
+# ------------------------------------------------------------ run folder --
+
 ROOT_OUTPUT_DIR = flags.DEFINE_string(
   'root_output_dir', None, 'Folder of all runs; a run is <root>/<name>.'
 )
@@ -43,12 +91,6 @@ EXPERIMENT_NAME = flags.DEFINE_string(
   'name, e.g. federated or centralized).',
 )
 RESUME = flags.DEFINE_bool('resume', False, 'Continue an interrupted run.')
-PROGRESS = flags.DEFINE_bool('progress', True, 'Show progress bars.')
-SEED = flags.DEFINE_integer(
-  'seed',
-  0,
-  'Seed of weights, client sampling, crops and augmentation (-1: fresh).',
-)
 
 # ---------------------------------------------------- model and training --
 
@@ -61,7 +103,7 @@ CROPS_PER_CASE = flags.DEFINE_integer(
 )
 TUMOUR_CROP_PROBABILITY = flags.DEFINE_float(
   'tumour_crop_probability',
-  1 / 3,
+  pipeline.DEFAULT_TUMOUR_CROP_PROBABILITY,
   'Probability that a training crop is centred on tumour.',
 )
 INIT_FILTERS = flags.DEFINE_integer(
@@ -90,6 +132,45 @@ MAX_EVAL_CASES = flags.DEFINE_integer(
 )
 NUM_OVERLAY_CASES = flags.DEFINE_integer(
   'num_overlay_cases', 2, 'Validation cases drawn in TensorBoard.'
+)
+
+# ------------------------------------------ inference (predict, evaluate) --
+
+MODEL = flags.DEFINE_string(
+  'model',
+  None,
+  'A model folder written by training (best_model/, final_model/; model_io) '
+  'or an exported SavedModel (export_model).',
+)
+WINDOW = flag_types.DEFINE_int_list(
+  'window',
+  None,
+  "Sliding-window size D,H,W (or one size: a cube), a multiple of the model's "
+  "size multiple (8 for SegResNet). Default: the model's recorded training "
+  'crop (a model that records none gets the default window of the binary, '
+  'with a warning).',
+)
+OVERLAP = flags.DEFINE_float(
+  'overlap', sliding_window.DEFAULT_OVERLAP, 'Window overlap in [0, 1).'
+)
+BLENDING = flags.DEFINE_enum(
+  'blending',
+  'gaussian',
+  list(sliding_window.BLENDING_MODES),
+  'How overlapping windows are blended.',
+)
+SIGMA_SCALE = flags.DEFINE_float(
+  'sigma_scale',
+  sliding_window.DEFAULT_SIGMA_SCALE,
+  'Gaussian blending sigma as a fraction of the window size.',
+)
+PROBABILITY_THRESHOLD = flags.DEFINE_float(
+  'probability_threshold',
+  sliding_window.DEFAULT_THRESHOLD,
+  'Region probability at or above which a voxel is in the region.',
+)
+WINDOW_BATCH_SIZE = flags.DEFINE_integer(
+  'window_batch_size', 1, 'Windows per network call.'
 )
 
 # ----------------------------------------------------- rounds and budget --
@@ -151,6 +232,14 @@ L2_NORM_CLIP = flags.DEFINE_float(
   "gaussian: L2 bound C of one client's whole update.",
 )
 
+# `--privacy_mechanism` and every mechanism's parameter flags.
+PRIVACY_FLAGS = (
+  'privacy_mechanism',
+  *dict.fromkeys(
+    name for cls in mechanisms.MECHANISMS for name in cls.parameter_names()
+  ),
+)
+
 
 def require(*names: str) -> None:
   """Raises `app.UsageError` naming every flag in `names` that is unset."""
@@ -198,3 +287,31 @@ def privacy_mechanism() -> mechanisms.PrivacyMechanism:
   """
   cls = mechanisms.get(PRIVACY_MECHANISM.value)
   return cls.from_parameters(privacy_parameters())
+
+
+def window() -> int | tuple[int, ...] | None:
+  """`--window` as `InferenceOptions` takes it: None, one size or D,H,W."""
+  value = WINDOW.value
+  if value is None:
+    return None
+  return value[0] if len(value) == 1 else tuple(value)
+
+
+def inference_options(**kwargs: Any) -> options_lib.InferenceOptions:
+  """The `InferenceOptions` of the sliding-window flags.
+
+  Args:
+    **kwargs: Further fields (`output_layout`, `crop_margin`) of the binary.
+
+  Raises:
+    ValueError: A value is invalid (the message names the option).
+  """
+  return options_lib.InferenceOptions(
+    window=window(),
+    overlap=OVERLAP.value,
+    blending=BLENDING.value,
+    sigma_scale=SIGMA_SCALE.value,
+    threshold=PROBABILITY_THRESHOLD.value,
+    batch_size=WINDOW_BATCH_SIZE.value,
+    **kwargs,
+  )

@@ -1,4 +1,4 @@
-"""Trains the pooled (centralised) baseline on a prepared folder.
+r"""Trains the pooled (centralised) baseline on a prepared folder.
 
 Example (the demo's synthetic data, a few minutes on two CPU cores):
 
@@ -27,6 +27,29 @@ _LEARNING_RATE = flags.DEFINE_float('learning_rate', 1e-4, 'Adam step size.')
 _EPOCHS_PER_EVAL = flags.DEFINE_integer(
   'epochs_per_eval', 1, 'Validate every this many epochs.'
 )
+
+
+# The shared flags this binary reads; --help lists them with its own.
+for _name in (
+  'data_dir',
+  'root_output_dir',
+  'experiment_name',
+  'resume',
+  'progress',
+  'seed',
+  'crop_size',
+  'batch_size',
+  'crops_per_case',
+  'tumour_crop_probability',
+  'init_filters',
+  'loss',
+  'precision',
+  'eval_window',
+  'eval_overlap',
+  'max_eval_cases',
+  'num_overlay_cases',
+):
+  flags.declare_key_flag(_name)
 
 
 def config_from_flags() -> centralized.CentralizedConfig:

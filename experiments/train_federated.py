@@ -1,4 +1,4 @@
-"""Federated training with privacy across the institutions of a prepared folder.
+r"""Federated training with privacy across the institutions of a prepared folder.
 
 Example (the demo's synthetic data, 4 institutions, SVT):
 
@@ -62,6 +62,34 @@ _EVAL_PER_INSTITUTION = flags.DEFINE_bool(
 _MAX_INSTITUTION_EVAL_CASES = flags.DEFINE_integer(
   'max_institution_eval_cases', 4, 'Cases per institution to score.'
 )
+
+
+# The shared flags this binary reads; --help lists them with its own.
+for _name in (
+  'data_dir',
+  'root_output_dir',
+  'experiment_name',
+  'resume',
+  'progress',
+  'seed',
+  'crop_size',
+  'batch_size',
+  'crops_per_case',
+  'tumour_crop_probability',
+  'init_filters',
+  'loss',
+  'precision',
+  'eval_window',
+  'eval_overlap',
+  'max_eval_cases',
+  'num_overlay_cases',
+  'total_rounds',
+  'clients_per_round',
+  'target_epsilon',
+  'delta',
+  *shared_flags.PRIVACY_FLAGS,
+):
+  flags.declare_key_flag(_name)
 
 
 def config_from_flags() -> federated.FederatedConfig:

@@ -1,33 +1,20 @@
-"""Tests of the prepare_data binary, run in a child process as a user runs it.
+"""Tests of the prepare_data binary: `main` in-process, one child run.
 
-(Binaries share absl flag names, so they are never imported into the pytest
-process; see make_synthetic_brats_test.py.)
+`tff_brats.data.prepare` is tested in tests/data/prepare_test.py; these
+tests check that the flags reach it and what the binary prints.
 """
 
 import json
+import logging
 import os
-import subprocess
-import sys
 
+from absl import app
+from absl.testing import flagsaver
 import pytest
 
+from experiments import prepare_data
+from tests.experiments import binaries
 from tff_brats.data import synthetic
-
-# Each test starts Python processes that import TensorFlow (~5 s each).
-pytestmark = pytest.mark.slow
-
-_REPO = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
-
-
-def _run(*flags):
-  return subprocess.run(
-    [sys.executable, '-m', 'experiments.prepare_data', *flags],
-    capture_output=True,
-    text=True,
-    cwd=_REPO,
-    check=False,
-    timeout=300,
-  )
 
 
 @pytest.fixture(scope='module')
@@ -44,6 +31,16 @@ def synthetic_dir(tmp_path_factory):
   return out
 
 
+def _main(argv=('prepare_data',), **flag_values):
+  with flagsaver.flagsaver(**flag_values):
+    prepare_data.main(list(argv))
+
+
+def _manifest(out):
+  with open(os.path.join(out, 'manifest.json')) as f:
+    return json.load(f)
+
+
 @pytest.mark.parametrize(
   'partition, expected_clients',
   [
@@ -53,22 +50,21 @@ def synthetic_dir(tmp_path_factory):
   ],
 )
 def test_prepares_each_partition(
-  synthetic_dir, tmp_path, partition, expected_clients
+  synthetic_dir, tmp_path, capsys, partition, expected_clients
 ):
   out = str(tmp_path / 'prepared')
-  result = _run(
-    f'--data_dir={synthetic_dir}',
-    f'--output_dir={out}',
-    f'--partition={partition}',
-    '--validation_fraction=0.25',
-    '--seed=3',
+  _main(
+    data_dir=synthetic_dir,
+    output_dir=out,
+    partition=partition,
+    validation_fraction=0.25,
+    seed=3,
   )
-  assert result.returncode == 0, result.stderr
-  assert f'Manifest: {out}/manifest.json' in result.stdout
-  assert 'validation' in result.stdout  # the partition table
-  assert 'preparing cases' in result.stderr  # the progress bar
-  with open(os.path.join(out, 'manifest.json')) as f:
-    manifest = json.load(f)
+  captured = capsys.readouterr()
+  assert f'Manifest: {out}/manifest.json' in captured.out
+  assert 'validation' in captured.out  # the partition table
+  assert 'preparing cases' in captured.err  # the progress bar
+  manifest = _manifest(out)
   assert list(manifest['clients']) == expected_clients
   assert manifest['request']['partition'] == partition
   assert manifest['request']['seed'] == 3
@@ -80,6 +76,26 @@ def test_prepares_each_partition(
       assert os.path.getsize(os.path.join(out, 'shards', shard)) > 0
 
 
+def test_crop_margin_and_layout_reach_the_request(synthetic_dir, tmp_path):
+  # Unset, --crop_margin is 0 (the brain box itself) and --layout detects.
+  default = str(tmp_path / 'default')
+  _main(data_dir=synthetic_dir, output_dir=default, progress=False)
+  request = _manifest(default)['request']
+  assert request['crop_margin'] == 0
+  assert request['layout'] is None
+  margin = str(tmp_path / 'margin')
+  _main(
+    data_dir=synthetic_dir,
+    output_dir=margin,
+    crop_margin=2,
+    layout='brats2018',
+    progress=False,
+  )
+  request = _manifest(margin)['request']
+  assert request['crop_margin'] == 2
+  assert request['layout'] == 'brats2018'
+
+
 def test_fets_csv_partition(synthetic_dir, tmp_path):
   with open(os.path.join(synthetic_dir, 'synthetic.json')) as f:
     cases = [c['case_id'] for c in json.load(f)['cases']]
@@ -87,48 +103,67 @@ def test_fets_csv_partition(synthetic_dir, tmp_path):
   rows = [f'{1 + i % 2},{case_id}' for i, case_id in enumerate(cases)]
   csv_path.write_text('Partition_ID,Subject_ID\n' + '\n'.join(rows) + '\n')
   out = str(tmp_path / 'prepared')
-  result = _run(
-    f'--data_dir={synthetic_dir}',
-    f'--output_dir={out}',
-    f'--partition=fets_csv:{csv_path}',
-    '--noprogress',
+  _main(
+    data_dir=synthetic_dir,
+    output_dir=out,
+    partition=f'fets_csv:{csv_path}',
+    progress=False,
   )
-  assert result.returncode == 0, result.stderr
-  with open(os.path.join(out, 'manifest.json')) as f:
-    clients = json.load(f)['clients']
+  clients = _manifest(out)['clients']
   assert {c: v['num_cases'] for c, v in clients.items()} == {'1': 4, '2': 4}
 
 
-def test_rerun_is_a_no_op_and_other_flags_are_an_error(synthetic_dir, tmp_path):
+def test_rerun_is_a_no_op_and_other_flags_are_an_error(
+  synthetic_dir, tmp_path, caplog
+):
+  caplog.set_level(logging.INFO)
+  caplog.set_level(logging.INFO, logger='absl')  # prepare logs with absl
   out = str(tmp_path / 'prepared')
-  flags = [f'--data_dir={synthetic_dir}', f'--output_dir={out}', '--noprogress']
-  assert _run(*flags).returncode == 0
-  again = _run(*flags)
-  assert again.returncode == 0, again.stderr
-  assert 'nothing to do' in again.stderr
-  other = _run(*flags, '--partition=uniform:2')
-  assert other.returncode != 0
+  command = dict(data_dir=synthetic_dir, output_dir=out, progress=False)
+  _main(**command)
+  caplog.clear()
+  _main(**command)
+  assert 'nothing to do' in caplog.text
+  with pytest.raises(SystemExit) as exit_info:
+    _main(**command, partition='uniform:2')
+  assert str(exit_info.value).startswith('prepare_data: error:')
   assert "partition: prepared with 'brats18_institutions', now 'uniform:2'" in (
-    other.stderr
+    str(exit_info.value)
   )
   assert sorted(os.listdir(tmp_path)) == ['prepared']
 
 
 def test_bad_data_dir_is_named(tmp_path):
   out = str(tmp_path / 'prepared')
-  result = _run(f'--data_dir={tmp_path}/nowhere', f'--output_dir={out}')
-  assert result.returncode != 0
-  assert (
-    f"prepare_data: error: data_dir must be an existing directory. Found '{tmp_path}/nowhere'"
-    in result.stderr
+  with pytest.raises(SystemExit) as exit_info:
+    _main(data_dir=f'{tmp_path}/nowhere', output_dir=out)
+  assert str(exit_info.value).startswith(
+    'prepare_data: error: data_dir must be an existing directory. Found '
+    f"'{tmp_path}/nowhere'"
   )
-  assert 'Traceback' not in result.stderr
   assert not os.path.exists(out)
 
 
-def test_stray_arguments_are_rejected(synthetic_dir, tmp_path):
+def test_missing_flags_and_stray_arguments(synthetic_dir, tmp_path):
   out = str(tmp_path / 'prepared')
-  result = _run(f'--data_dir={synthetic_dir}', f'--output_dir={out}', 'extra')
-  assert result.returncode != 0
-  assert "Unexpected arguments: ['extra']" in result.stderr
+  with pytest.raises(app.UsageError, match=r'--data_dir, --output_dir$'):
+    _main()
+  with pytest.raises(
+    app.UsageError, match=r"Unexpected arguments: \['extra'\]"
+  ):
+    _main(['prepare_data', 'extra'], data_dir=synthetic_dir, output_dir=out)
   assert not os.path.exists(out)
+
+
+def test_smoke_child_process(synthetic_dir, tmp_path):
+  out = str(tmp_path / 'prepared')
+  result = binaries.run_binary(
+    'prepare_data',
+    f'--data_dir={synthetic_dir}',
+    f'--output_dir={out}',
+    '--validation_fraction=0.25',
+    '--noprogress',
+  )
+  assert result.returncode == 0, result.stderr
+  assert f'Manifest: {out}/manifest.json' in result.stdout
+  assert _manifest(out)['validation']['num_cases'] == 3
