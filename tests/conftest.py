@@ -40,7 +40,9 @@ def _shared_tff_runtime(tmp_path_factory):
   log_dir = tmp_path_factory.mktemp('shared_tff_runtime')
   with local.LocalRuntime(log_dir=str(log_dir)) as runtime:
     pid = runtime.worker_pid
+    testing_utils.SESSION_WORKER_PIDS.add(pid)
     yield runtime
+  testing_utils.SESSION_WORKER_PIDS.discard(pid)
   assert testing_utils.wait_process_gone(pid), (
     f'TFF worker {pid} survived the shared runtime'
   )

@@ -162,6 +162,19 @@ def wait_process_gone(pid: int, timeout: float = 10.0) -> bool:
   return False
 
 
+# Workers of long-lived runtimes the test session itself owns (conftest's
+# shared `tff_runtime`): alive on purpose, so not strays.
+SESSION_WORKER_PIDS: set[int] = set()
+
+
+def stray_worker_pids() -> list[int]:
+  """TFF workers started by this process that are still alive, other than
+  the test session's own shared runtime."""
+  return [
+    pid for pid in child_pids('worker_binary') if pid not in SESSION_WORKER_PIDS
+  ]
+
+
 def child_pids(name: str, parent: int | None = None) -> list[int]:
   """Live processes called `name` whose parent is `parent` (default: us)."""
   parent = os.getpid() if parent is None else parent

@@ -326,6 +326,22 @@ class TestBuildFedAvgProcess:
     with pytest.raises(ValueError, match='server_optimizer must be one of'):
       fed_avg.build_fed_avg_process(CONFIG, server_optimizer='rmsprop')
 
+  def test_client_computations_are_traced_once_per_config(self):
+    first = fed_avg._client_computations(CONFIG)
+    # An equal config (a new object) reuses them; another config does not.
+    same = fed_avg.ClientConfig(model_config=dict(MODEL_CONFIG), crop_size=CROP)
+    assert all(
+      a is b
+      for a, b in zip(first, fed_avg._client_computations(same), strict=True)
+    )
+    other = fed_avg.ClientConfig(
+      model_config=MODEL_CONFIG, crop_size=CROP, client_learning_rate=0.5
+    )
+    assert not any(
+      a is b
+      for a, b in zip(first, fed_avg._client_computations(other), strict=True)
+    )
+
   def test_type_signature(self, fed_avg_process):
     next_type = fed_avg_process.next.type_signature
     state_type = fed_avg_process.initialize.type_signature.result

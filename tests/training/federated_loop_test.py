@@ -50,6 +50,8 @@ def data_dir(tmp_path_factory):
 
 
 def _config(data_dir, **overrides):
+  # By default only the last round is evaluated and checkpointed (the loop
+  # always does both after its last round); tests that need more say so.
   kwargs = dict(
     data_dir=data_dir,
     mechanism=_SVT,
@@ -57,7 +59,8 @@ def _config(data_dir, **overrides):
     crop_size=(16, 16, 16),
     init_filters=8,
     tumour_crop_probability=1.0,
-    rounds_per_eval=1,
+    rounds_per_eval=10,
+    rounds_per_checkpoint=10,
     num_overlay_cases=1,
     seed=3,
   )
@@ -115,13 +118,18 @@ def _without_seconds(rows):
 
 # ------------------------------------------------------------ outputs ----
 
+# fake_run evaluates and checkpoints every round.
+_FAKE_RUN = dict(
+  eval_per_institution=True, rounds_per_eval=1, rounds_per_checkpoint=1
+)
+
 
 @pytest.fixture(scope='module')
 def fake_run(data_dir, tmp_path_factory):
   run_dir = str(tmp_path_factory.mktemp('fake') / 'run')
   runtime = fake_process.RecordingContext()
   summary, process = _run(
-    _config(data_dir, eval_per_institution=True),
+    _config(data_dir, **_FAKE_RUN),
     run_dir,
     runtime=runtime,
     export=True,
@@ -313,14 +321,12 @@ def test_resume_refuses_changed_hyper_parameters(fake_run, data_dir, tmp_path):
   run_dir = str(tmp_path / 'run')
   shutil.copytree(fake_run[0], run_dir)
   before = _rows(run_dir)
-  with pytest.raises(ValueError, match=r'client_learning_rate: saved 0.001'):
+  with pytest.raises(
+    ValueError,
+    match=r'Found differences: client_learning_rate: saved 0.001, now 0.01\.$',
+  ):
     _run(
-      _config(
-        data_dir,
-        total_rounds=3,
-        eval_per_institution=True,
-        client_learning_rate=0.01,
-      ),
+      _config(data_dir, total_rounds=3, client_learning_rate=0.01, **_FAKE_RUN),
       run_dir,
       resume=True,
     )
@@ -328,14 +334,14 @@ def test_resume_refuses_changed_hyper_parameters(fake_run, data_dir, tmp_path):
     _run(
       _config(
         data_dir,
-        eval_per_institution=True,
         mechanism=mechanisms.SelectiveSharing(0.1, 1e-3),
+        **_FAKE_RUN,
       ),
       run_dir,
       resume=True,
     )
   with pytest.raises(ValueError, match=r'run_dir must be new or empty'):
-    _run(_config(data_dir, eval_per_institution=True), run_dir)
+    _run(_config(data_dir, **_FAKE_RUN), run_dir)
   # Nothing of the run was touched.
   assert _rows(run_dir) == before
   assert sorted(os.listdir(run_dir)) == sorted(os.listdir(fake_run[0]))
@@ -430,7 +436,11 @@ def test_best_model_is_the_best_evaluated_round(
     return output
 
   process.next = recording_next
-  summary, _ = _run(_config(data_dir, total_rounds=3), run_dir, process=process)
+  summary, _ = _run(
+    _config(data_dir, total_rounds=3, rounds_per_eval=1),
+    run_dir,
+    process=process,
+  )
   assert summary['best_round'] == 2
   assert summary['best_val_dice_mean'] == pytest.approx(0.6)
   for a, b in zip(_weights(run_dir, 'best_model'), states[1], strict=True):
@@ -443,9 +453,11 @@ def test_best_model_is_the_best_evaluated_round(
 def test_best_model_survives_resume(data_dir, tmp_path, monkeypatch):
   _scripted_evaluations(monkeypatch, [0.2, 0.6, 0.4])
   run_dir = str(tmp_path / 'run')
-  _run(_config(data_dir, total_rounds=2), run_dir)
+  _run(_config(data_dir, total_rounds=2, rounds_per_eval=1), run_dir)
   best = _weights(run_dir, 'best_model')
-  summary, _ = _run(_config(data_dir, total_rounds=3), run_dir, resume=True)
+  summary, _ = _run(
+    _config(data_dir, total_rounds=3, rounds_per_eval=1), run_dir, resume=True
+  )
   assert summary['best_round'] == 2
   assert summary['best_val_dice_mean'] == pytest.approx(0.6)
   for a, b in zip(_weights(run_dir, 'best_model'), best, strict=True):

@@ -107,7 +107,7 @@ def _weights(run_dir):
 
 
 def _assert_no_worker_children():
-  assert testing_utils.child_pids('worker_binary') == []
+  assert testing_utils.stray_worker_pids() == []
 
 
 # -------------------------------------------------- one run per mode ----

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import json
 import os
 from typing import Any
 
@@ -238,18 +239,10 @@ def build_fed_avg_process(
       f'Found {type(model_aggregator).__name__}.'
     )
 
-  @tff.tensorflow.computation
-  def initial_model_weights_fn():
-    model = config.build_model()
-    return tff.learning.models.ModelWeights(
-      trainable=tuple(tf.identity(v) for v in model.trainable_variables),
-      non_trainable=tuple(
-        tf.identity(v) for v in model.non_trainable_variables
-      ),
-    )
-
+  initial_model_weights_fn, client_work, dataset_computation = (
+    _client_computations(config)
+  )
   weights_type = initial_model_weights_fn.type_signature.result
-  client_work = _build_client_work(config, weights_type)
   aggregator = model_aggregator.create(
     weights_type.trainable, tff.TensorType(np.float32)
   )
@@ -263,15 +256,52 @@ def build_fed_avg_process(
     ),
   )
 
+  return tff.simulation.compose_dataset_computation_with_learning_process(
+    dataset_computation, process
+  )
+
+
+# The computations that depend on the clients' config alone, by config.
+# Tracing them takes seconds (SegResNet built in a graph, twice), so a
+# program that builds several processes for one config (a sweep over
+# mechanisms or budgets, the tests) traces them once; they are immutable.
+_CLIENT_COMPUTATIONS: dict[str, tuple[Any, Any, Any]] = {}
+_MAX_CACHED_CONFIGS = 4
+
+
+def _client_computations(config: ClientConfig):
+  """(initial weights, client work, dataset computation) of `config`."""
+  key = json.dumps(dataclasses.asdict(config), sort_keys=True, default=list)
+  if key in _CLIENT_COMPUTATIONS:
+    return _CLIENT_COMPUTATIONS[key]
+
+  @tff.tensorflow.computation
+  def initial_model_weights_fn():
+    model = config.build_model()
+    return tff.learning.models.ModelWeights(
+      trainable=tuple(tf.identity(v) for v in model.trainable_variables),
+      non_trainable=tuple(
+        tf.identity(v) for v in model.non_trainable_variables
+      ),
+    )
+
+  weights_type = initial_model_weights_fn.type_signature.result
+  client_work = _build_client_work(config, weights_type)
+
   @tff.tensorflow.computation(CLIENT_INPUT_TYPE)
   def dataset_computation(client_input):
     return make_client_dataset(
       client_input['shard_paths'], client_input['data_key'], config
     )
 
-  return tff.simulation.compose_dataset_computation_with_learning_process(
-    dataset_computation, process
+  if len(_CLIENT_COMPUTATIONS) >= _MAX_CACHED_CONFIGS:
+    _CLIENT_COMPUTATIONS.pop(next(iter(_CLIENT_COMPUTATIONS)))
+  _CLIENT_COMPUTATIONS[key] = (
+    initial_model_weights_fn,
+    client_work,
+    dataset_computation,
   )
+  return _CLIENT_COMPUTATIONS[key]
 
 
 def _build_client_work(config, weights_type):
