@@ -3,7 +3,8 @@
 #   make demo   installs what it needs, then runs the main job on the
 #               built-in synthetic BraTS-style data
 #   make test   installs what it needs, then runs formatter, linter, the
-#               pytest suite (all but `gpu` tests) and the fast Bazel targets
+#               pytest suite (all but `gpu` tests, on two workers), builds
+#               every Bazel target and runs four representative ones
 #
 # Both are idempotent: a second run reuses the venv and the demo's outputs.
 
