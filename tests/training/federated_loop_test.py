@@ -521,3 +521,17 @@ def test_inputs_are_checked_before_anything_is_written(data_dir, tmp_path):
   with pytest.raises(ValueError, match='data_dir must have validation cases'):
     federated.FederatedLoop(_config(empty), run_dir)
   assert not os.path.exists(run_dir)
+
+
+def test_train_federated_checks_mechanism_options_before_writing(
+  data_dir, tmp_path
+):
+  run_dir = str(tmp_path / 'r')
+  config = _config(
+    data_dir, mechanism=mechanisms.Gaussian(1.0, 0.1), noise_seed=3
+  )
+  with pytest.raises(
+    ValueError, match='noise_seed must be None for the gaussian'
+  ):
+    federated.train_federated(config, run_dir, progress=False)
+  assert not os.path.exists(run_dir)

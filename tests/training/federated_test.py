@@ -213,7 +213,7 @@ def test_failed_run_leaves_no_worker(data_dir, tmp_path, monkeypatch):
   monkeypatch.setattr(
     federated,
     'build_learning_process',
-    lambda config, clients_per_round: fake_process.FakeProcess(),
+    lambda config, model_aggregator: fake_process.FakeProcess(),
   )
 
   def broken_evaluate(*args, **kwargs):

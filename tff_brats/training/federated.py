@@ -125,12 +125,17 @@ def sample_clients(
 
 
 def build_learning_process(
-  config: FederatedConfig, clients_per_round: int
+  config: FederatedConfig, model_aggregator
 ) -> tff.learning.templates.LearningProcess:
-  """The run's TFF learning process (tens of seconds of tracing)."""
+  """The run's TFF learning process (tens of seconds of tracing).
+
+  Args:
+    config: The hyper-parameters.
+    model_aggregator: `config.model_aggregator(clients_per_round)`.
+  """
   return fed_avg.build_fed_avg_process(
     config.client_config(),
-    config.model_aggregator(clients_per_round),
+    model_aggregator,
     server_optimizer=config.server_optimizer,
     server_learning_rate=config.server_learning_rate,
   )
@@ -159,11 +164,12 @@ def train_federated(
       a resumed run with other hyper-parameters.
   """
   loop = FederatedLoop(config, run_dir)
-  # Builds (and so checks) the aggregator before anything is written.
-  config.model_aggregator(loop.clients_per_round)
+  # The mechanism checks its options (e.g. a noise seed it cannot honour)
+  # when it builds its aggregator: before anything is written.
+  aggregator = config.model_aggregator(loop.clients_per_round)
   loop.prepare_run_dir(resume)
   started = time.monotonic()
-  process = build_learning_process(config, loop.clients_per_round)
+  process = build_learning_process(config, aggregator)
   logging.info(
     'Built the learning process in %.1f s.', time.monotonic() - started
   )
