@@ -54,15 +54,14 @@ _OUTPUT_JSON = flags.DEFINE_string(
 
 
 # The shared flags this binary reads; --help lists them with its own.
-for _name in (
+shared_flags.declare_key_flags(
   'init_filters',
   'total_rounds',
   'clients_per_round',
   'target_epsilon',
   'delta',
   *shared_flags.PRIVACY_FLAGS,
-):
-  flags.declare_key_flag(_name)
+)
 
 
 def main(argv: Sequence[str]) -> None:

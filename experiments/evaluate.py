@@ -45,20 +45,7 @@ _NUM_FIGURE_CASES = flags.DEFINE_integer(
 
 
 # The shared flags this binary reads; --help lists them with its own.
-for _name in (
-  'model',
-  'data_dir',
-  'output_dir',
-  'window',
-  'overlap',
-  'blending',
-  'sigma_scale',
-  'probability_threshold',
-  'window_batch_size',
-  'overwrite',
-  'progress',
-):
-  flags.declare_key_flag(_name)
+shared_flags.declare_key_flags(*shared_flags.INFERENCE_FLAGS)
 
 
 def main(argv: Sequence[str]) -> None:

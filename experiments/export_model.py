@@ -38,11 +38,10 @@ _MODEL_DIR = flags.DEFINE_string(
 
 
 # The shared flags this binary reads; --help lists them with its own.
-for _name in (
+shared_flags.declare_key_flags(
   'output_dir',
   'overwrite',
-):
-  flags.declare_key_flag(_name)
+)
 
 
 def main(argv: Sequence[str]) -> None:

@@ -57,14 +57,13 @@ _DEFAULT_LAYOUT = layouts.BRATS2018.name
 
 
 # The shared flags this binary reads; --help lists them with its own.
-for _name in (
+shared_flags.declare_key_flags(
   'output_dir',
   'layout',
   'seed',
   'overwrite',
   'progress',
-):
-  flags.declare_key_flag(_name)
+)
 
 
 def main(argv: Sequence[str]) -> None:

@@ -71,21 +71,7 @@ _OUTPUT_LAYOUT = flags.DEFINE_enum(
 
 
 # The shared flags this binary reads; --help lists them with its own.
-for _name in (
-  'model',
-  'output_dir',
-  'data_dir',
-  'window',
-  'overlap',
-  'blending',
-  'sigma_scale',
-  'probability_threshold',
-  'window_batch_size',
-  'crop_margin',
-  'overwrite',
-  'progress',
-):
-  flags.declare_key_flag(_name)
+shared_flags.declare_key_flags(*shared_flags.INFERENCE_FLAGS, 'crop_margin')
 
 
 def main(argv: Sequence[str]) -> None:

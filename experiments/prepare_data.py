@@ -58,7 +58,7 @@ _DEFAULT_CROP_MARGIN = 0
 
 
 # The shared flags this binary reads; --help lists them with its own.
-for _name in (
+shared_flags.declare_key_flags(
   'data_dir',
   'output_dir',
   'seed',
@@ -66,8 +66,7 @@ for _name in (
   'crop_margin',
   'overwrite',
   'progress',
-):
-  flags.declare_key_flag(_name)
+)
 
 
 def main(argv: Sequence[str]) -> None:

@@ -18,6 +18,8 @@ a flag differently when it is unset (`--layout`, `--crop_margin`,
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any
 
 from absl import app
@@ -239,6 +241,78 @@ PRIVACY_FLAGS = (
     name for cls in mechanisms.MECHANISMS for name in cls.parameter_names()
   ),
 )
+
+
+# Flag groups several binaries read (for `declare_key_flags`).
+RUN_FLAGS = (
+  'data_dir',
+  'root_output_dir',
+  'experiment_name',
+  'resume',
+  'progress',
+  'seed',
+)
+# The fields both trainers' configs share, named as the flags.
+TRAINER_FLAGS = (
+  'crop_size',
+  'batch_size',
+  'crops_per_case',
+  'tumour_crop_probability',
+  'init_filters',
+  'loss',
+  'precision',
+  'eval_window',
+  'eval_overlap',
+  'max_eval_cases',
+  'num_overlay_cases',
+)
+INFERENCE_FLAGS = (
+  'model',
+  'data_dir',
+  'output_dir',
+  'window',
+  'overlap',
+  'blending',
+  'sigma_scale',
+  'probability_threshold',
+  'window_batch_size',
+  'overwrite',
+  'progress',
+)
+
+
+def declare_key_flags(*names: str) -> None:
+  """Lists these shared flags in the calling binary's --help.
+
+  absl's `declare_key_flag` registers the flag for the module that calls
+  it, which here would be this one; so the caller's module is named, as
+  absl names it (the main module by its path, `sys.argv[0]`).
+  """
+  module_name = sys._getframe(1).f_globals['__name__']
+  if module_name == '__main__':
+    module_name = sys.argv[0]
+  for name in dict.fromkeys(names):
+    FLAGS.register_key_flag_for_module(module_name, FLAGS[name])
+
+
+def trainer_kwargs() -> dict[str, Any]:
+  """Both trainers' shared config fields (`TRAINER_FLAGS`, data_dir, seed)."""
+  eval_window = EVAL_WINDOW.value
+  return dict(
+    data_dir=os.path.abspath(DATA_DIR.value),
+    crop_size=tuple(CROP_SIZE.value),
+    batch_size=BATCH_SIZE.value,
+    crops_per_case=CROPS_PER_CASE.value,
+    tumour_crop_probability=TUMOUR_CROP_PROBABILITY.value,
+    init_filters=INIT_FILTERS.value,
+    loss=LOSS.value,
+    precision=PRECISION.value,
+    eval_window=None if eval_window is None else tuple(eval_window),
+    eval_overlap=EVAL_OVERLAP.value,
+    max_eval_cases=MAX_EVAL_CASES.value,
+    num_overlay_cases=NUM_OVERLAY_CASES.value,
+    seed=seed(),
+  )
 
 
 def require(*names: str) -> None:

@@ -30,26 +30,9 @@ _EPOCHS_PER_EVAL = flags.DEFINE_integer(
 
 
 # The shared flags this binary reads; --help lists them with its own.
-for _name in (
-  'data_dir',
-  'root_output_dir',
-  'experiment_name',
-  'resume',
-  'progress',
-  'seed',
-  'crop_size',
-  'batch_size',
-  'crops_per_case',
-  'tumour_crop_probability',
-  'init_filters',
-  'loss',
-  'precision',
-  'eval_window',
-  'eval_overlap',
-  'max_eval_cases',
-  'num_overlay_cases',
-):
-  flags.declare_key_flag(_name)
+shared_flags.declare_key_flags(
+  *shared_flags.RUN_FLAGS, *shared_flags.TRAINER_FLAGS
+)
 
 
 def config_from_flags() -> centralized.CentralizedConfig:
@@ -58,24 +41,11 @@ def config_from_flags() -> centralized.CentralizedConfig:
   Raises:
     ValueError: A flag value is invalid (the message names it).
   """
-  eval_window = shared_flags.EVAL_WINDOW.value
   return centralized.CentralizedConfig(
-    data_dir=os.path.abspath(shared_flags.DATA_DIR.value),
     epochs=_EPOCHS.value,
     learning_rate=_LEARNING_RATE.value,
-    crop_size=tuple(shared_flags.CROP_SIZE.value),
-    batch_size=shared_flags.BATCH_SIZE.value,
-    init_filters=shared_flags.INIT_FILTERS.value,
-    loss=shared_flags.LOSS.value,
-    precision=shared_flags.PRECISION.value,
-    tumour_crop_probability=shared_flags.TUMOUR_CROP_PROBABILITY.value,
-    crops_per_case=shared_flags.CROPS_PER_CASE.value,
     epochs_per_eval=_EPOCHS_PER_EVAL.value,
-    eval_window=None if eval_window is None else tuple(eval_window),
-    eval_overlap=shared_flags.EVAL_OVERLAP.value,
-    max_eval_cases=shared_flags.MAX_EVAL_CASES.value,
-    num_overlay_cases=shared_flags.NUM_OVERLAY_CASES.value,
-    seed=shared_flags.seed(),
+    **shared_flags.trainer_kwargs(),
   )
 
 

@@ -65,31 +65,15 @@ _MAX_INSTITUTION_EVAL_CASES = flags.DEFINE_integer(
 
 
 # The shared flags this binary reads; --help lists them with its own.
-for _name in (
-  'data_dir',
-  'root_output_dir',
-  'experiment_name',
-  'resume',
-  'progress',
-  'seed',
-  'crop_size',
-  'batch_size',
-  'crops_per_case',
-  'tumour_crop_probability',
-  'init_filters',
-  'loss',
-  'precision',
-  'eval_window',
-  'eval_overlap',
-  'max_eval_cases',
-  'num_overlay_cases',
+shared_flags.declare_key_flags(
+  *shared_flags.RUN_FLAGS,
+  *shared_flags.TRAINER_FLAGS,
   'total_rounds',
   'clients_per_round',
   'target_epsilon',
   'delta',
   *shared_flags.PRIVACY_FLAGS,
-):
-  flags.declare_key_flag(_name)
+)
 
 
 def config_from_flags() -> federated.FederatedConfig:
@@ -98,9 +82,7 @@ def config_from_flags() -> federated.FederatedConfig:
   Raises:
     ValueError: A flag value is invalid (the message names it).
   """
-  eval_window = shared_flags.EVAL_WINDOW.value
   return federated.FederatedConfig(
-    data_dir=os.path.abspath(shared_flags.DATA_DIR.value),
     mechanism=shared_flags.privacy_mechanism(),
     total_rounds=shared_flags.TOTAL_ROUNDS.value,
     clients_per_round=shared_flags.CLIENTS_PER_ROUND.value,
@@ -108,26 +90,15 @@ def config_from_flags() -> federated.FederatedConfig:
     client_learning_rate=_CLIENT_LEARNING_RATE.value,
     server_optimizer=_SERVER_OPTIMIZER.value,
     server_learning_rate=_SERVER_LEARNING_RATE.value,
-    crop_size=tuple(shared_flags.CROP_SIZE.value),
-    batch_size=shared_flags.BATCH_SIZE.value,
-    crops_per_case=shared_flags.CROPS_PER_CASE.value,
-    tumour_crop_probability=shared_flags.TUMOUR_CROP_PROBABILITY.value,
-    init_filters=shared_flags.INIT_FILTERS.value,
-    loss=shared_flags.LOSS.value,
-    precision=shared_flags.PRECISION.value,
     target_epsilon=shared_flags.TARGET_EPSILON.value,
     delta=shared_flags.DELTA.value,
     rounds_per_eval=_ROUNDS_PER_EVAL.value,
     rounds_per_checkpoint=_ROUNDS_PER_CHECKPOINT.value,
-    eval_window=None if eval_window is None else tuple(eval_window),
-    eval_overlap=shared_flags.EVAL_OVERLAP.value,
-    max_eval_cases=shared_flags.MAX_EVAL_CASES.value,
-    num_overlay_cases=shared_flags.NUM_OVERLAY_CASES.value,
     eval_per_institution=_EVAL_PER_INSTITUTION.value,
     max_institution_eval_cases=_MAX_INSTITUTION_EVAL_CASES.value,
-    seed=shared_flags.seed(),
     noise_seed=_NOISE_SEED.value,
     diagnostics=_DIAGNOSTICS.value,
+    **shared_flags.trainer_kwargs(),
   )
 
 
