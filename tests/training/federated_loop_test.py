@@ -7,7 +7,6 @@ process end to end.
 """
 
 import contextlib
-import csv
 import json
 import os
 import re
@@ -19,12 +18,12 @@ import tensorflow as tf
 
 from tests import testing_utils
 from tests.training import fake_process
+from tests.training import run_files
 from tff_brats import mechanisms
 from tff_brats.evaluation import evaluate
 from tff_brats.inference import export
 from tff_brats.models import model_io
 from tff_brats.models import training_metadata
-from tff_brats.privacy import accounting
 from tff_brats.training import federated
 from tff_brats.training import privacy_journal
 
@@ -91,27 +90,6 @@ def _run(
   return summary, process
 
 
-def _rows(run_dir):
-  with open(os.path.join(run_dir, 'metrics.csv')) as f:
-    return list(csv.DictReader(f))
-
-
-def _ledger(run_dir):
-  with open(os.path.join(run_dir, federated.LEDGER_JSON)) as f:
-    return accounting.PrivacyLedger.from_json(f.read())
-
-
-def _journal(run_dir):
-  return privacy_journal.PrivacyJournal(
-    os.path.join(run_dir, federated.JOURNAL_NAME)
-  ).entries()
-
-
-def _weights(run_dir, name):
-  model = model_io.load_model(os.path.join(run_dir, name))
-  return [v.numpy() for v in model.trainable_variables]
-
-
 def _without_seconds(rows):
   return [{k: v for k, v in r.items() if k != 'seconds'} for r in rows]
 
@@ -154,7 +132,7 @@ def test_run_writes_every_output(fake_run):
     'summary.json',
     'tensorboard',
   ]
-  rows = _rows(run_dir)
+  rows = run_files.rows(run_dir)
   assert [r['round'] for r in rows] == ['1', '2']
   assert [r['release'] for r in rows] == ['0', '1']
   for row in rows:
@@ -218,7 +196,7 @@ def test_run_writes_every_output(fake_run):
 def test_final_model_is_the_process_state(fake_run):
   run_dir, _, process, _ = fake_run
   assert len(process.calls) == 2
-  final = _weights(run_dir, 'final_model')
+  final = run_files.weights(run_dir, 'final_model')
   # The fake's rounds moved every weight.
   initial = [np.zeros_like(w) for w in final]
   assert any(not np.allclose(a, b) for a, b in zip(final, initial, strict=True))
@@ -242,14 +220,14 @@ def test_target_epsilon_stops_before_the_round_that_would_pass_it(
   assert summary['stopped'].startswith('Stopped before round 3:')
   assert 'target_epsilon=5.0' in summary['stopped']
   assert 'sparse_vector (ε = 2, δ = 0) per round' in summary['stopped']
-  assert [r['round'] for r in _rows(run_dir)] == ['1', '2']
+  assert [r['round'] for r in run_files.rows(run_dir)] == ['1', '2']
   # The last completed round was evaluated although it is not a multiple
   # of rounds_per_eval, so the best model exists.
   assert summary['best_round'] == 2
   for value in summary['privacy']['epsilon_tight'].values():
     assert 3.9 < value <= 4.0
   # Nothing was journalled for the round that did not run.
-  assert [e['round'] for e in _journal(run_dir)] == [1, 2]
+  assert [e['round'] for e in run_files.journal(run_dir)] == [1, 2]
 
 
 # ---------------------------------------------------- journal and resume ----
@@ -271,18 +249,18 @@ def test_a_round_interrupted_after_its_release_counts_once(data_dir, tmp_path):
   messages = [call.args[0] % call.args[1:] for call in warn.call_args_list]
   assert any('Counted 1 release(s)' in m for m in messages)
   assert any('partial last line' in m for m in messages)
-  rows = _rows(run_dir)
+  rows = run_files.rows(run_dir)
   assert [r['round'] for r in rows] == ['1', '2', '3']
   # Release 1 is the interrupted round 2: it counts, and the rerun is
   # release 2. Every journal entry is in the ledger exactly once.
   assert [r['release'] for r in rows] == ['0', '2', '3']
-  assert [(e['release'], e['round']) for e in _journal(run_dir)] == [
+  assert [(e['release'], e['round']) for e in run_files.journal(run_dir)] == [
     (0, 1),
     (1, 2),
     (2, 2),
     (3, 3),
   ]
-  ledger = _ledger(run_dir)
+  ledger = run_files.ledger(run_dir)
   for client in _CLIENTS:
     assert [r for r, _ in ledger.history(client)] == [0, 1, 2, 3]
   assert summary['rounds_completed'] == 3
@@ -306,13 +284,17 @@ def test_resume_continues_exactly(data_dir, tmp_path):
     for x, y in zip(a, b, strict=True):
       np.testing.assert_array_equal(x['data_key'], y['data_key'])
   for a, b in zip(
-    _weights(straight, 'final_model'),
-    _weights(split, 'final_model'),
+    run_files.weights(straight, 'final_model'),
+    run_files.weights(split, 'final_model'),
     strict=True,
   ):
     np.testing.assert_array_equal(a, b)
-  assert _ledger(straight).to_json() == _ledger(split).to_json()
-  assert _without_seconds(_rows(straight)) == _without_seconds(_rows(split))
+  assert (
+    run_files.ledger(straight).to_json() == run_files.ledger(split).to_json()
+  )
+  assert _without_seconds(run_files.rows(straight)) == _without_seconds(
+    run_files.rows(split)
+  )
 
 
 def test_resume_refuses_changed_hyper_parameters(fake_run, data_dir, tmp_path):
@@ -320,7 +302,7 @@ def test_resume_refuses_changed_hyper_parameters(fake_run, data_dir, tmp_path):
 
   run_dir = str(tmp_path / 'run')
   shutil.copytree(fake_run[0], run_dir)
-  before = _rows(run_dir)
+  before = run_files.rows(run_dir)
   with pytest.raises(
     ValueError,
     match=r'Found differences: client_learning_rate: saved 0.001, now 0.01\.$',
@@ -343,7 +325,7 @@ def test_resume_refuses_changed_hyper_parameters(fake_run, data_dir, tmp_path):
   with pytest.raises(ValueError, match=r'run_dir must be new or empty'):
     _run(_config(data_dir, **_FAKE_RUN), run_dir)
   # Nothing of the run was touched.
-  assert _rows(run_dir) == before
+  assert run_files.rows(run_dir) == before
   assert sorted(os.listdir(run_dir)) == sorted(os.listdir(fake_run[0]))
 
 
@@ -356,10 +338,10 @@ def test_sampled_clients_train_and_spend(data_dir, tmp_path):
     _config(data_dir, total_rounds=3, clients_per_round=2, rounds_per_eval=3),
     run_dir,
   )
-  ledger = _ledger(run_dir)
+  ledger = run_files.ledger(run_dir)
   counts = dict.fromkeys(_CLIENTS, 0)
   for row, (round_num, inputs) in zip(
-    _rows(run_dir), process.calls, strict=True
+    run_files.rows(run_dir), process.calls, strict=True
   ):
     picked = federated.sample_clients(list(_CLIENTS), 2, 3, round_num)
     assert row['client_ids'].split() == picked
@@ -443,9 +425,13 @@ def test_best_model_is_the_best_evaluated_round(
   )
   assert summary['best_round'] == 2
   assert summary['best_val_dice_mean'] == pytest.approx(0.6)
-  for a, b in zip(_weights(run_dir, 'best_model'), states[1], strict=True):
+  for a, b in zip(
+    run_files.weights(run_dir, 'best_model'), states[1], strict=True
+  ):
     np.testing.assert_array_equal(a, b)
-  for a, b in zip(_weights(run_dir, 'final_model'), states[2], strict=True):
+  for a, b in zip(
+    run_files.weights(run_dir, 'final_model'), states[2], strict=True
+  ):
     np.testing.assert_array_equal(a, b)
   assert summary['exported_model'] == os.path.join(run_dir, 'exported_model')
 
@@ -454,13 +440,13 @@ def test_best_model_survives_resume(data_dir, tmp_path, monkeypatch):
   _scripted_evaluations(monkeypatch, [0.2, 0.6, 0.4])
   run_dir = str(tmp_path / 'run')
   _run(_config(data_dir, total_rounds=2, rounds_per_eval=1), run_dir)
-  best = _weights(run_dir, 'best_model')
+  best = run_files.weights(run_dir, 'best_model')
   summary, _ = _run(
     _config(data_dir, total_rounds=3, rounds_per_eval=1), run_dir, resume=True
   )
   assert summary['best_round'] == 2
   assert summary['best_val_dice_mean'] == pytest.approx(0.6)
-  for a, b in zip(_weights(run_dir, 'best_model'), best, strict=True):
+  for a, b in zip(run_files.weights(run_dir, 'best_model'), best, strict=True):
     np.testing.assert_array_equal(a, b)
 
 
@@ -492,17 +478,17 @@ def test_aggregators_without_release_counts_and_diagnostics(data_dir, tmp_path):
     gaussian,
     process=fake_process.FakeProcess(privatization=False),
   )
-  (row,) = _rows(gaussian)
+  (row,) = run_files.rows(gaussian)
   assert row['released_mean'] == 'nan'
   assert row['epsilon_per_client'] == ''
   with open(os.path.join(gaussian, federated.LEDGER_TABLE)) as f:
     assert 'secure aggregation' in f.read()
   diagnostics = str(tmp_path / 'diagnostics')
   _run(_config(data_dir, total_rounds=1, diagnostics=True), diagnostics)
-  (row,) = _rows(diagnostics)
+  (row,) = run_files.rows(diagnostics)
   assert float(row['clipped_fraction_mean']) == 0.25
   assert float(row['noisy_threshold_mean']) == 0.125
-  assert 'clipped_fraction_mean' not in _rows(gaussian)[0]
+  assert 'clipped_fraction_mean' not in run_files.rows(gaussian)[0]
 
 
 # ---------------------------------------------------------- validation ----

@@ -11,7 +11,6 @@ stand-in in federated_loop_test.py. Every run builds the TFF learning
 process (tens of seconds of tracing) and trains SegResNet-8 on 16³ crops.
 """
 
-import csv
 import json
 import logging
 import os
@@ -29,12 +28,11 @@ import pytest
 from experiments import train_federated
 from tests import testing_utils
 from tests.training import fake_process
+from tests.training import run_files
 from tff_brats import mechanisms
 from tff_brats.evaluation import evaluate
 from tff_brats.models import model_io
-from tff_brats.privacy import accounting
 from tff_brats.training import federated
-from tff_brats.training import privacy_journal
 
 pytestmark = pytest.mark.slow
 
@@ -89,27 +87,6 @@ def _config_of(binary_flags):
     return train_federated.config_from_flags()
 
 
-def _rows(run_dir):
-  with open(os.path.join(run_dir, 'metrics.csv')) as f:
-    return list(csv.DictReader(f))
-
-
-def _ledger(run_dir):
-  with open(os.path.join(run_dir, federated.LEDGER_JSON)) as f:
-    return accounting.PrivacyLedger.from_json(f.read())
-
-
-def _journal(run_dir):
-  return privacy_journal.PrivacyJournal(
-    os.path.join(run_dir, federated.JOURNAL_NAME)
-  ).entries()
-
-
-def _weights(run_dir):
-  model = model_io.load_model(os.path.join(run_dir, 'final_model'))
-  return [v.numpy() for v in model.trainable_variables]
-
-
 def _assert_no_worker_children():
   assert testing_utils.stray_worker_pids() == []
 
@@ -133,7 +110,7 @@ def test_sparse_vector_run(svt_run):
   assert 'logs' in os.listdir(run_dir)  # the worker's log
   (log,) = os.listdir(os.path.join(run_dir, 'logs'))
   assert log.startswith('tff_worker-')
-  rows = _rows(run_dir)
+  rows = run_files.rows(run_dir)
   assert [r['round'] for r in rows] == ['1', '2', '3']
   assert [r['release'] for r in rows] == ['0', '1', '2']
   num_values = model_io.load_model(
@@ -151,7 +128,11 @@ def test_sparse_vector_run(svt_run):
     for client in _CLIENTS:
       assert 0.0 <= float(row[f'inst_{client}_dice_mean']) <= 1.0
   for client in _CLIENTS:
-    assert [r for r, _ in _ledger(run_dir).history(client)] == [0, 1, 2]
+    assert [r for r, _ in run_files.ledger(run_dir).history(client)] == [
+      0,
+      1,
+      2,
+    ]
   assert summary['privacy']['epsilon_summed'] == {c: 6.0 for c in _CLIENTS}
   assert summary['rounds_completed'] == 3
   assert summary['exported_model'] == os.path.join(run_dir, 'exported_model')
@@ -190,7 +171,7 @@ def test_other_privacy_modes(
   )
   summary = federated.train_federated(config, run_dir, progress=False)
   _assert_no_worker_children()
-  (row,) = _rows(run_dir)
+  (row,) = run_files.rows(run_dir)
   assert row['clients'] == '2'
   picked = row['client_ids'].split()
   assert picked == federated.sample_clients(list(_CLIENTS), 2, 3, 1)
@@ -293,7 +274,7 @@ def test_interrupted_runs_resume_to_the_uninterrupted_result(
   checkpoint = os.path.join(run_dir, 'checkpoints', 'program_state_1')
   child, log = _start_binary([*flag_list, '--resume'], str(tmp_path / 'b.log'))
   _wait_for(
-    lambda: os.path.isdir(checkpoint) and len(_journal(run_dir)) == 3,
+    lambda: os.path.isdir(checkpoint) and len(run_files.journal(run_dir)) == 3,
     600,
     'round 2 to start',
   )
@@ -304,7 +285,7 @@ def test_interrupted_runs_resume_to_the_uninterrupted_result(
   assert 'Counted 1 release(s)' in output  # round 1's interrupted release
   for pid in _worker_pids(output):
     assert testing_utils.wait_process_gone(pid), f'worker {pid} survived'
-  assert [r['round'] for r in _rows(run_dir)] == ['1']
+  assert [r['round'] for r in run_files.rows(run_dir)] == ['1']
 
   # 3. Resumed to the end, in this process (whose client computations
   # svt_run traced already).
@@ -319,16 +300,16 @@ def test_interrupted_runs_resume_to_the_uninterrupted_result(
 
   # Every release left the clients and is counted exactly once: releases 0
   # and 2 are the interrupted rounds 1 and 2.
-  assert [(e['release'], e['round']) for e in _journal(run_dir)] == [
+  assert [(e['release'], e['round']) for e in run_files.journal(run_dir)] == [
     (0, 1),
     (1, 1),
     (2, 2),
     (3, 2),
     (4, 3),
   ]
-  rows = _rows(run_dir)
+  rows = run_files.rows(run_dir)
   assert [r['release'] for r in rows] == ['1', '3', '4']
-  ledger = _ledger(run_dir)
+  ledger = run_files.ledger(run_dir)
   for client in _CLIENTS:
     assert [r for r, _ in ledger.history(client)] == [0, 1, 2, 3, 4]
   with open(os.path.join(run_dir, 'summary.json')) as f:
@@ -341,7 +322,9 @@ def test_interrupted_runs_resume_to_the_uninterrupted_result(
   # the interrupted releases and the times are those of the uninterrupted
   # run.
   straight = svt_run[0]
-  for a, b in zip(_weights(straight), _weights(run_dir), strict=True):
+  for a, b in zip(
+    run_files.weights(straight), run_files.weights(run_dir), strict=True
+  ):
     np.testing.assert_array_equal(a, b)
 
   def comparable(row):
@@ -349,5 +332,5 @@ def test_interrupted_runs_resume_to_the_uninterrupted_result(
     return {k: v for k, v in row.items() if k not in ignored}
 
   assert [comparable(r) for r in rows] == [
-    comparable(r) for r in _rows(straight)
+    comparable(r) for r in run_files.rows(straight)
   ]

@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from tff_brats.aggregators import private_sharing
 from tff_brats.mechanisms import base
+from tff_brats.privacy import client_release
 from tff_brats.privacy import events
 
 # Said wherever a weighted client-side guarantee is printed.
@@ -51,6 +52,23 @@ class ClientSideMechanism(base.PrivacyMechanism):
     Returns:
       `(privatized, report)`; see `tff_brats.privacy.client_release`.
     """
+
+  def _release(
+    self, update: Any, local_steps: Any, release: client_release.Release
+  ) -> tuple[Any, dict[str, tf.Tensor]]:
+    """`client_release.privatize` with this mechanism's q, γ and ε.
+
+    For the subclasses with `shared_fraction` and `clip_bound` fields.
+    """
+    return client_release.privatize(
+      update,
+      local_steps,
+      release,
+      shared_fraction=self.shared_fraction,
+      clip_bound=self.clip_bound,
+      normalize_by_steps=self.normalize_by_steps,
+      epsilon=self.epsilon_per_round,
+    )
 
   @property
   def epsilon_per_round(self) -> float:

@@ -11,7 +11,6 @@ import tensorflow as tf
 
 from tff_brats.mechanisms import client_side
 from tff_brats.privacy import budget
-from tff_brats.privacy import client_release
 from tff_brats.privacy import selective_sharing
 from tff_brats.utils import checks
 
@@ -58,15 +57,7 @@ class SelectiveSharing(client_side.ClientSideMechanism):
     self, update: Any, local_steps: Any, *, seed: Any = None
   ) -> tuple[Any, dict[str, tf.Tensor]]:
     del seed  # no randomness
-    return client_release.privatize(
-      update,
-      local_steps,
-      selective_sharing.select,
-      shared_fraction=self.shared_fraction,
-      clip_bound=self.clip_bound,
-      normalize_by_steps=self.normalize_by_steps,
-      epsilon=self.epsilon_per_round,
-    )
+    return self._release(update, local_steps, selective_sharing.select)
 
   def describe(self, num_values: int | None) -> dict[str, Any]:
     if num_values is None:

@@ -12,7 +12,6 @@ import tensorflow as tf
 from tff_brats.mechanisms import base
 from tff_brats.mechanisms import client_side
 from tff_brats.privacy import budget
-from tff_brats.privacy import client_release
 from tff_brats.privacy import events
 from tff_brats.privacy import planning
 from tff_brats.privacy import randomness
@@ -112,15 +111,7 @@ class SparseVector(client_side.ClientSideMechanism):
         seed=seed,
       )
 
-    return client_release.privatize(
-      update,
-      local_steps,
-      release,
-      shared_fraction=self.shared_fraction,
-      clip_bound=self.clip_bound,
-      normalize_by_steps=self.normalize_by_steps,
-      epsilon=self.epsilon_per_round,
-    )
+    return self._release(update, local_steps, release)
 
   def describe(self, num_values: int | None) -> dict[str, Any]:
     if num_values is None:
