@@ -166,8 +166,8 @@ def test_stray_argument(tmp_path):
     (
       dict(release_epsilon=0.5),
       # --selection_epsilon has no default.
-      'train_federated: error: selection_epsilon must be a positive number. '
-      'Found None.',
+      'train_federated: error: selection_epsilon must be given for '
+      'sparse_vector. Found None.',
     ),
     (
       dict(selection_epsilon=-1.0, release_epsilon=0.5),

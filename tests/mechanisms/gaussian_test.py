@@ -49,7 +49,7 @@ def test_aggregation_factories():
 @pytest.mark.parametrize(
   'kwargs, message',
   [
-    (dict(), '^noise_multiplier must be a non-negative number. Found None.$'),
+    (dict(), '^noise_multiplier must be given for gaussian. Found None.$'),
     (dict(noise_multiplier=-1.0), 'noise_multiplier must be a non-negative'),
     (
       dict(noise_multiplier=1.0, l2_norm_clip=0.0),

@@ -228,11 +228,11 @@ def test_parameters_of_other_mechanisms_are_ignored():
     ),
     (
       _svt(release_epsilon=0.1),
-      r'selection_epsilon must be a positive number. Found None.',
+      r'selection_epsilon must be given for sparse_vector. Found None.',
     ),
     (
       dict(privacy_mechanism='gaussian', init_filters=None),
-      r'noise_multiplier must be a non-negative number. Found None.',
+      r'noise_multiplier must be given for gaussian. Found None.',
     ),
     (
       dict(privacy_mechanism='laplace'),

@@ -51,7 +51,9 @@ def test_from_dict_rejects():
     mechanisms.from_dict([1, 2])
   # A missing parameter takes the mechanism's default or, without one, fails.
   without = {k: v for k, v in svt.items() if k != 'release_epsilon'}
-  with pytest.raises(ValueError, match='release_epsilon must be a positive'):
+  with pytest.raises(
+    ValueError, match='release_epsilon must be given for sparse_vector'
+  ):
     mechanisms.from_dict(without)
 
 

@@ -69,7 +69,7 @@ def test_numbers_are_stored_as_floats_and_frozen():
     (
       'release_epsilon',
       None,
-      '^release_epsilon must be a positive number. Found None.$',
+      '^release_epsilon must be given for sparse_vector. Found None.$',
     ),
     ('threshold', -1e-9, 'threshold must be a non-negative number'),
     ('threshold', math.nan, 'threshold must be a non-negative number'),

@@ -742,3 +742,11 @@ def test_argument_validation():
   for call, message in cases:
     with pytest.raises(ValueError, match=message):
       call()
+
+
+def test_epsilon_and_delta_of_records():
+  assert (_svt(0.5).epsilon, _svt(0.5).delta) == (0.5, 0.0)
+  assert (_approx(1.0, 1e-6).epsilon, _approx(1.0, 1e-6).delta) == (1.0, 1e-6)
+  assert (_none().epsilon, _none().delta) == (math.inf, 0.0)
+  # A Gaussian round has no ε of its own: the accountant composes it.
+  assert (_gauss(1.0).epsilon, _gauss(1.0).delta) == (None, None)

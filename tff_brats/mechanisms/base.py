@@ -64,6 +64,14 @@ class PrivacyMechanism(abc.ABC):
   title: ClassVar[str]
   # Parameters `solve` can solve for (empty: none).
   solvable: ClassVar[tuple[str, ...]] = ()
+  # Parameters without a usable default (None until given).
+  required: ClassVar[tuple[str, ...]] = ()
+
+  def _check_required(self) -> None:
+    """Raises ValueError naming the first required parameter left None."""
+    for name in self.required:
+      if getattr(self, name) is None:
+        raise ValueError(f'{name} must be given for {self.name}. Found None.')
 
   # ------------------------------------------------------------ guarantee
 
@@ -163,8 +171,10 @@ class PrivacyMechanism(abc.ABC):
         value meets the target.
     """
     del target_epsilon, delta, num_rounds, parameters  # unused
-    _check_solvable(cls, parameter)
-    raise AssertionError('unreachable')  # pragma: no cover
+    check_solvable(cls, parameter)
+    raise NotImplementedError(
+      f'{cls.name} lists {parameter} as solvable but does not solve it.'
+    )
 
   # ---------------------------------------------------------------- JSON
 
@@ -182,7 +192,8 @@ class PrivacyMechanism(abc.ABC):
     """The mechanism from a dict of its parameters (unknown keys rejected).
 
     Raises:
-      ValueError: An unknown or missing parameter, or an invalid value.
+      ValueError: An unknown or missing (`required`) parameter, or an
+        invalid value.
     """
     names = cls.parameter_names()
     unknown = sorted(set(parameters) - set(names))
@@ -191,24 +202,11 @@ class PrivacyMechanism(abc.ABC):
         f'{cls.name} has no parameter {unknown[0]!r}; its parameters are '
         f'{", ".join(names) or "none"}. Found {parameters!r}.'
       )
-    required = [
-      f.name
-      for f in dataclasses.fields(cls)
-      if f.default is dataclasses.MISSING and f.name not in parameters
-    ]
-    if required:
-      raise ValueError(
-        f'{required[0]} must be given for {cls.name}. Found {parameters!r}.'
-      )
     return cls(**parameters)
 
 
 def check_solvable(cls: type[PrivacyMechanism], parameter: str) -> None:
   """Raises ValueError unless `cls` can solve for `parameter`."""
-  _check_solvable(cls, parameter)
-
-
-def _check_solvable(cls, parameter):
   if parameter not in cls.solvable:
     choices = ', '.join(cls.solvable) or 'nothing'
     raise ValueError(

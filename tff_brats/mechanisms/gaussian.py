@@ -50,11 +50,13 @@ class Gaussian(base.PrivacyMechanism):
     'Gaussian mechanism (TFF DP-FedAvg; McMahan et al. 2018)'
   )
   solvable: ClassVar[tuple[str, ...]] = ('noise_multiplier',)
+  required: ClassVar[tuple[str, ...]] = ('noise_multiplier',)
 
   noise_multiplier: float | None = None
   l2_norm_clip: float = 0.1
 
   def __post_init__(self):
+    self._check_required()
     checks.check_non_negative_number('noise_multiplier', self.noise_multiplier)
     checks.check_positive_number('l2_norm_clip', self.l2_norm_clip)
     object.__setattr__(self, 'noise_multiplier', float(self.noise_multiplier))

@@ -48,6 +48,7 @@ class SparseVector(client_side.ClientSideMechanism):
   name: ClassVar[str] = 'sparse_vector'
   title: ClassVar[str] = 'Sparse vector technique (Lyu, Su & Li 2017)'
   solvable: ClassVar[tuple[str, ...]] = ('release_epsilon', 'selection_epsilon')
+  required: ClassVar[tuple[str, ...]] = ('selection_epsilon', 'release_epsilon')
 
   shared_fraction: float = 0.1
   clip_bound: float = 1e-3
@@ -57,6 +58,7 @@ class SparseVector(client_side.ClientSideMechanism):
   normalize_by_steps: bool = True
 
   def __post_init__(self):
+    self._check_required()
     checks.check_fraction('shared_fraction', self.shared_fraction)
     for name in ('clip_bound', 'selection_epsilon', 'release_epsilon'):
       checks.check_positive_number(name, getattr(self, name))

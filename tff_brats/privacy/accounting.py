@@ -172,15 +172,21 @@ class PrivacyRecord:
     )
 
   @property
-  def epsilon(self) -> float:
-    """ε of an (ε, δ) round (0 for a no-op, ∞ without a guarantee)."""
+  def epsilon(self) -> float | None:
+    """ε of an (ε, δ) round: 0 for a no-op, ∞ without a guarantee, None
+    for an event only an accountant can turn into ε (e.g. Gaussian)."""
     if not self.has_guarantee:
       return math.inf
+    if not self.is_epsilon_delta:
+      return None
     return float(getattr(self.dp_event, 'epsilon', 0.0))
 
   @property
-  def delta(self) -> float:
-    """δ of an (ε, δ) round (0 for a no-op or without a guarantee)."""
+  def delta(self) -> float | None:
+    """δ of an (ε, δ) round (0 for a no-op or without a guarantee), None
+    for other events (see `epsilon`)."""
+    if self.has_guarantee and not self.is_epsilon_delta:
+      return None
     return float(getattr(self.dp_event, 'delta', 0.0))
 
   def to_dict(self) -> dict[str, Any]:
