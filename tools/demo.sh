@@ -69,7 +69,7 @@ print(case_id, os.path.dirname(m["cases"][case_id]["source_files"]["t1"]))' \
   "$out/prepared/manifest.json")
 if [[ ! -f "$out/predictions/$case_id.nii.gz" ]]; then
   "$python" -m experiments.predict --model="$run/exported_model" \
-    --case_dir="$case_dir" --output_dir="$out/predictions" --window=$crop
+    --case_dir="$case_dir" --output_dir="$out/predictions"
 fi
 
 echo

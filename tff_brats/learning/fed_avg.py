@@ -10,9 +10,9 @@
   client Adam every round, `client_epochs_per_round` passes over the
   client's data, update ΔW = initial − trained, weight = local steps n;
 * aggregator: any `tff.aggregators.WeightedAggregationFactory`, in practice
-  `tff_brats.aggregators.factories.build_model_aggregator(mode)` (none,
-  selective sharing, SVT, Gaussian): the privacy mechanism runs at CLIENTS
-  on each client's own update before anything is summed;
+  a privacy mechanism's `aggregation_factory()` (`tff_brats.mechanisms`:
+  none, selective sharing, SVT, Gaussian): a client-side mechanism runs at
+  CLIENTS on each client's own update before anything is summed;
 * finalizer: `tff.learning.templates.build_apply_optimizer_finalizer` with
   the server optimiser: SGD with learning rate 1 (plain FedAvg: the new
   global model is the weighted mean of the clients' models) or Adam.
