@@ -2,9 +2,11 @@
 
 Golden noise multiplier: tensorflow_privacy 0.9.0's
 `compute_dp_sgd_privacy_test.py` (`test_compute_dp_sgd_example_privacy`)
-pins ε = 10.8602036 (RDP) at δ = 1e-5 for 2 unsampled Gaussian steps with
-noise 0.7, so solving for the noise at that target must give 0.7. README:
-ε = 5 over 50 rounds needs z = 6.73619 (RDP).
+pins ε = 10.1224946 (PLD; 10.8602036 RDP) at δ = 1e-5 for 2 unsampled
+Gaussian steps with noise 0.7, so solving for the noise at that target with
+the PLD accountant must give 0.7. README: ε = 5 over 50 rounds needs
+z = 6.30646 with the PLD accountant, against 6.73619 with RDP (planning's
+RDP solver, tested in tests/privacy/planning_test.py): 6.4% less noise.
 """
 
 import dp_accounting
@@ -13,6 +15,8 @@ import tensorflow_federated as tff
 
 from tff_brats import mechanisms
 from tff_brats.aggregators import weights_dropping
+from tff_brats.privacy import accounting
+from tff_brats.privacy import planning
 
 
 def test_guarantee_is_a_gaussian_event():
@@ -64,12 +68,21 @@ def test_rejects(kwargs, message):
 
 def test_solve_reproduces_tensorflow_privacy():
   solved = mechanisms.Gaussian.solve(
-    'noise_multiplier', target_epsilon=10.8602036, delta=1e-5, num_rounds=2
+    'noise_multiplier', target_epsilon=10.1224946, delta=1e-5, num_rounds=2
   )
-  assert solved.method == 'rdp'
+  assert solved.method == 'pld'
   assert solved.value == pytest.approx(0.7, rel=1e-5)
   assert solved.mechanism.noise_multiplier == solved.value
   readme = mechanisms.Gaussian.solve(
     'noise_multiplier', target_epsilon=5.0, delta=1e-5, num_rounds=50
   )
-  assert readme.value == pytest.approx(6.73619, abs=5e-6)
+  assert readme.value == pytest.approx(6.30646, abs=5e-6)
+  rdp = planning.solve_noise_multiplier(
+    target_epsilon=5.0, delta=1e-5, num_rounds=50, method='rdp'
+  )
+  assert rdp == pytest.approx(6.73619, abs=5e-6)
+  assert readme.value < 0.94 * rdp
+  # The ledger (PLD) meets the target with the solved noise.
+  spent = planning.total_epsilon(readme.mechanism.record(), 50, delta=1e-5)
+  assert spent == pytest.approx(5.0, rel=1e-6)
+  assert not accounting.exceeds(spent, 5.0)

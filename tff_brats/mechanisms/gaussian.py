@@ -129,13 +129,19 @@ class Gaussian(base.PrivacyMechanism):
     num_rounds: int,
     **parameters: Any,
   ) -> base.Solution:
-    """The smallest noise multiplier that meets the target (RDP)."""
+    """The smallest noise multiplier that meets the target.
+
+    Solved with the tightest accountant the ledger has, dp_accounting's
+    privacy-loss distribution (PLD): for unsampled Gaussian rounds about 6%
+    less noise than RDP needs for the same ε (z = 6.306 against 6.736 for
+    ε = 5 at δ = 1e-5 over 50 rounds).
+    """
     base.check_solvable(cls, parameter)
     value = planning.solve_noise_multiplier(
       target_epsilon=target_epsilon,
       delta=delta,
       num_rounds=num_rounds,
-      method='rdp',
+      method='pld',
     )
     mechanism = cls.from_parameters({**parameters, parameter: value})
-    return base.Solution(mechanism, parameter, value, 'rdp')
+    return base.Solution(mechanism, parameter, value, 'pld')
