@@ -45,7 +45,8 @@ _SERVER_LEARNING_RATE = flags.DEFINE_float(
 _NOISE_SEED = flags.DEFINE_integer(
   'noise_seed',
   None,
-  'Reproducible privacy noise (experiments only: voids the guarantee).',
+  'Reproducible privacy noise (experiments only: voids the guarantee; the '
+  'ledger records every round as "no guarantee (fixed noise seed)").',
 )
 _DIAGNOSTICS = flags.DEFINE_bool(
   'diagnostics', False, 'Record clipped fractions (leaks; simulations only).'

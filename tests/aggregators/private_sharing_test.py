@@ -361,11 +361,15 @@ class TestExecution:
         SVT, tff.aggregators.UnweightedMeanFactory(), noise_seed=seed
       ).create(tff.TensorType(np.float32, [16]))
       state = process.initialize()
+      # Predictable noise guarantees nothing: ε is +inf in state and report.
+      assert state['privacy_record']['epsilon'] == math.inf
       out = []
       for _ in range(2):
         output = process.next(state, [np.full(16, 0.3, np.float32)])
         state = output.state
         out.append(np.asarray(output.result))
+        privatization = output.measurements['privatization']
+        assert privatization['epsilon_per_client'] == math.inf
       return out
 
     a, b, c = run(5), run(5), run(6)

@@ -109,3 +109,34 @@ def test_client_config():
   assert client.model_config == {'init_filters': 8}
   assert client.client_epochs_per_round == 2
   assert client.crop_size == (16, 16, 16)
+
+
+def test_a_fixed_noise_seed_records_no_guarantee():
+  config = _config(noise_seed=5)
+  record = config.round_record()
+  assert not record.has_guarantee
+  assert record.mechanism == 'sparse_vector (no guarantee (fixed noise seed))'
+  assert config.guarantee_text() == 'no guarantee (fixed noise seed)'
+  assert config.caveats == (
+    *_SVT.caveats,
+    federated_config.FIXED_NOISE_SEED_CAVEAT,
+  )
+  fresh = _config()
+  assert fresh.round_record() == _SVT.record()
+  assert fresh.guarantee_text() == '(ε = 2, δ = 0) per round'
+  assert fresh.caveats == _SVT.caveats
+  # No guarantee to lose: a mechanism without one keeps its own record.
+  none = _config(mechanism=mechanisms.NoPrivacy(), noise_seed=5)
+  assert none.round_record() == mechanisms.NoPrivacy().record()
+
+
+def test_a_budget_needs_fresh_noise():
+  with pytest.raises(
+    ValueError,
+    match=re.escape(
+      'target_epsilon must be None with a fixed noise_seed (predictable '
+      'noise has no guarantee to budget). Found target_epsilon=5.0, '
+      'noise_seed=1.'
+    ),
+  ):
+    _config(target_epsilon=5.0, noise_seed=1)

@@ -521,3 +521,15 @@ def test_train_federated_checks_mechanism_options_before_writing(
   ):
     federated.train_federated(config, run_dir, progress=False)
   assert not os.path.exists(run_dir)
+
+
+def test_a_fixed_noise_seed_spends_no_finite_epsilon(data_dir, tmp_path):
+  run_dir = str(tmp_path / 'r')
+  summary, _ = _run(_config(data_dir, noise_seed=7), run_dir)
+  assert summary['privacy']['per_round'] == 'no guarantee (fixed noise seed)'
+  assert summary['privacy']['epsilon_tight'] == {c: None for c in _CLIENTS}
+  assert [r['epsilon_worst'] for r in run_files.rows(run_dir)] == ['inf'] * 2
+  with open(os.path.join(run_dir, federated.LEDGER_TABLE)) as f:
+    table = f.read()
+  assert 'sparse_vector (no guarantee (fixed noise seed))' in table
+  assert 'fixed noise seed (noise_seed)' in table.replace('\n', ' ')

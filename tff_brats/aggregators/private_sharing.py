@@ -23,7 +23,8 @@ State (an `OrderedDict`, stable names):
   `inner_agg`: the inner process's state.
   `round`: int64, rounds run so far (seeds explicit-seed experiments).
   `privacy_record`: the round's per-client guarantee, `epsilon` (float64,
-    +inf when the mode makes no claim) and `delta` (float64). Like TFF's
+    +inf when the mode makes no claim or the noise has a fixed seed) and
+    `delta` (float64). Like TFF's
     DP factory, the factory never composes anything: the driver reads this
     after each `next` and keeps the per-institution ledger.
 
@@ -34,7 +35,8 @@ Measurements (documented API; scalars):
       client released. This is post-processing of what the client sends
       anyway (its non-zero entries), so it costs no privacy.
     `epsilon_per_client` (float64): ε each participating client spent this
-      round (the same for all; +inf without a DP claim).
+      round (the same for all; +inf without a DP claim, and with a fixed
+      `noise_seed`, whose noise is predictable).
     Only with `diagnostics=True`:
     `clipped_fraction_mean`, `clipped_fraction_max` (float32): fraction of
       each client's values that exceeded the clip bound.
@@ -51,6 +53,7 @@ the researcher owns every client's data; keep them off in deployments.
 from __future__ import annotations
 
 import collections
+import math
 from typing import Any
 from typing import Protocol
 from typing import runtime_checkable
@@ -123,6 +126,7 @@ class PrivateSharingFactory(tff.aggregators.WeightedAggregationFactory):
     self._inner = inner_agg_factory
     self._noise_seed = _check_seed(noise_seed)
     self._diagnostics = bool(diagnostics)
+    self._epsilon = _round_epsilon(mechanism, self._noise_seed)
 
   @property
   def mechanism(self) -> ClientMechanism:
@@ -137,12 +141,13 @@ class PrivateSharingFactory(tff.aggregators.WeightedAggregationFactory):
       self._mechanism,
       self._noise_seed,
       self._diagnostics,
+      self._epsilon,
     )
     to_steps = _make_cast_fn(weight_type)
 
     @tff.federated_computation()
     def init_fn():
-      return _initial_state(inner_process, self._mechanism)
+      return _initial_state(inner_process, self._epsilon)
 
     @tff.federated_computation(
       init_fn.type_signature.result,
@@ -206,6 +211,7 @@ class UnweightedPrivateSharingFactory(
     self._inner = inner_agg_factory
     self._noise_seed = _check_seed(noise_seed)
     self._diagnostics = bool(diagnostics)
+    self._epsilon = _round_epsilon(mechanism, self._noise_seed)
 
   @property
   def mechanism(self) -> ClientMechanism:
@@ -215,12 +221,17 @@ class UnweightedPrivateSharingFactory(
     _check_value_type(value_type)
     inner_process = self._inner.create(value_type)
     privatize_fn = _make_privatize_fn(
-      value_type, None, self._mechanism, self._noise_seed, self._diagnostics
+      value_type,
+      None,
+      self._mechanism,
+      self._noise_seed,
+      self._diagnostics,
+      self._epsilon,
     )
 
     @tff.federated_computation()
     def init_fn():
-      return _initial_state(inner_process, self._mechanism)
+      return _initial_state(inner_process, self._epsilon)
 
     @tff.federated_computation(
       init_fn.type_signature.result,
@@ -237,7 +248,7 @@ class UnweightedPrivateSharingFactory(
     return tff.templates.AggregationProcess(init_fn, next_fn)
 
 
-def _initial_state(inner_process, mechanism):
+def _initial_state(inner_process, epsilon):
   @tff.tensorflow.computation
   def initial_round():
     return tf.constant(0, tf.int64)
@@ -245,7 +256,7 @@ def _initial_state(inner_process, mechanism):
   @tff.tensorflow.computation
   def record():
     return collections.OrderedDict(
-      epsilon=tf.constant(mechanism.epsilon_per_round, tf.float64),
+      epsilon=tf.constant(epsilon, tf.float64),
       delta=tf.constant(0.0, tf.float64),
     )
 
@@ -299,7 +310,7 @@ def _output(state, inner_output, report, diagnostics):
 
 
 def _make_privatize_fn(
-  value_type, steps_type, mechanism, noise_seed, diagnostics
+  value_type, steps_type, mechanism, noise_seed, diagnostics, epsilon
 ):
   """The TF computation each client runs on its own update.
 
@@ -315,7 +326,7 @@ def _make_privatize_fn(
     private, report = mechanism.privatize(value, steps, seed=seed)
     summary = collections.OrderedDict(
       released=tf.cast(report['released'], tf.float32),
-      epsilon=tf.cast(report['epsilon'], tf.float64),
+      epsilon=tf.constant(epsilon, tf.float64),
     )
     if diagnostics:
       summary['clipped_fraction'] = tf.cast(
@@ -353,6 +364,13 @@ def _experiment_seed(noise_seed, round_num, value):
   seed = tf.constant([0, noise_seed], tf.int64)
   seed = tf.random.experimental.stateless_fold_in(seed, round_num)
   return tf.random.experimental.stateless_fold_in(seed, fingerprint)
+
+
+def _round_epsilon(mechanism, noise_seed) -> float:
+  """The round's ε: the mechanism's, or +inf with a fixed noise seed (the
+  noise is then a function of the seed, the round and the update, which
+  anyone with the seed can replay)."""
+  return math.inf if noise_seed is not None else mechanism.epsilon_per_round
 
 
 def _make_cast_fn(weight_type):

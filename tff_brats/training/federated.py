@@ -219,7 +219,7 @@ class FederatedLoop:
         '--validation_cases.'
       )
     self.clients_per_round = config.clients_per_round or len(self.client_ids)
-    self.record = config.mechanism.record()
+    self.record = config.round_record()
     self.journal = privacy_journal.PrivacyJournal(
       os.path.join(run_dir, JOURNAL_NAME)
     )
@@ -402,7 +402,7 @@ class FederatedLoop:
       f'Stopped before round {round_num}: it would take {details} past '
       f'target_epsilon={config.target_epsilon} at delta={config.delta} '
       f'(each round spends {config.mechanism.name} '
-      f'{config.mechanism.guarantee_text()}).'
+      f'{config.guarantee_text()}).'
     )
     logging.warning('%s', self.stopped)
 
@@ -535,7 +535,7 @@ class FederatedLoop:
     atomic.write_text(
       os.path.join(run_dir, LEDGER_JSON), self.ledger.to_json() + '\n'
     )
-    caveats = [*mechanism.caveats, TRAINING_STATISTICS_CAVEAT]
+    caveats = [*config.caveats, TRAINING_STATISTICS_CAVEAT]
     table = self.ledger.table(config.delta, notes=caveats)
     atomic.write_text(os.path.join(run_dir, LEDGER_TABLE), table + '\n')
     exported = None
@@ -567,7 +567,7 @@ class FederatedLoop:
       'validation_cases': len(self.validation),
       'privacy': {
         'mechanism': mechanism.name,
-        'per_round': mechanism.guarantee_text(),
+        'per_round': config.guarantee_text(),
         'delta': config.delta,
         'epsilon_tight': _finite_or_none(epsilons['pld']),
         'epsilon_summed': _finite_or_none(epsilons['sum']),

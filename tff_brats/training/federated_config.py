@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import dp_accounting
+
 from tff_brats.data import pipeline
 from tff_brats.learning import fed_avg
 from tff_brats.mechanisms import base as mechanisms_base
@@ -14,6 +16,12 @@ from tff_brats.utils import checks
 
 # Settings that may change when resuming (the run can be extended).
 RESUMABLE_CHANGES = ('total_rounds', 'target_epsilon')
+FIXED_NOISE_SEED = 'no guarantee (fixed noise seed)'
+FIXED_NOISE_SEED_CAVEAT = (
+  'This run used a fixed noise seed (noise_seed): its noise is a function of '
+  'the seed, the round and the update, which anyone with the seed can '
+  'replay, so no round has a DP guarantee (ε = inf).'
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +66,8 @@ class FederatedConfig:
       drawn once and saved).
     noise_seed: None (default): fresh privacy noise from the operating
       system in every round and client. An int makes the noise
-      reproducible, for experiments only: it voids the guarantee.
+      reproducible, for experiments only: it voids the guarantee, and the
+      ledger records every round as "no guarantee (fixed noise seed)".
     diagnostics: Also record clipped fractions and noisy thresholds
       (outside the guarantee; simulations only).
   """
@@ -119,6 +128,13 @@ class FederatedConfig:
     accounting.check_delta(self.delta)
     if self.target_epsilon is not None:
       checks.check_positive_number('target_epsilon', self.target_epsilon)
+      if self.noise_seed is not None:
+        raise ValueError(
+          'target_epsilon must be None with a fixed noise_seed (predictable '
+          'noise has no guarantee to budget). Found '
+          f'target_epsilon={self.target_epsilon!r}, '
+          f'noise_seed={self.noise_seed!r}.'
+        )
     checks.check_one_of(
       'server_optimizer', self.server_optimizer, fed_avg.SERVER_OPTIMIZERS
     )
@@ -152,6 +168,34 @@ class FederatedConfig:
       if f.name != 'mechanism'
     }
     return {'privacy_mechanism': self.mechanism.to_dict(), **fields}
+
+  @property
+  def fixed_noise(self) -> bool:
+    """Whether a fixed noise seed voids the mechanism's guarantee."""
+    return self.noise_seed is not None and self.mechanism.has_guarantee
+
+  def round_record(self) -> accounting.PrivacyRecord:
+    """What one round guarantees each participating institution: the
+    mechanism's record, or no guarantee with a fixed noise seed."""
+    if self.fixed_noise:
+      return accounting.PrivacyRecord(
+        f'{self.mechanism.name} ({FIXED_NOISE_SEED})',
+        dp_accounting.NonPrivateDpEvent(),
+      )
+    return self.mechanism.record()
+
+  def guarantee_text(self) -> str:
+    """The round's guarantee in words (see `round_record`)."""
+    if self.fixed_noise:
+      return FIXED_NOISE_SEED
+    return self.mechanism.guarantee_text()
+
+  @property
+  def caveats(self) -> tuple[str, ...]:
+    """What the guarantee does not cover (the mechanism's, and the seed)."""
+    if self.fixed_noise:
+      return (*self.mechanism.caveats, FIXED_NOISE_SEED_CAVEAT)
+    return tuple(self.mechanism.caveats)
 
   def client_config(self) -> fed_avg.ClientConfig:
     """What every client does in a round."""
