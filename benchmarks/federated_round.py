@@ -186,6 +186,8 @@ def run_benchmark(
     crops_per_case=crops_per_case,
     client_epochs_per_round=client_epochs_per_round,
     client_learning_rate=client_learning_rate,
+    # The benchmark checks both paths train alike by their losses.
+    report_training_statistics=True,
   )
   aggregator = federated_setup.model_aggregator(privacy_mechanism, svt)
   threads = dict(

@@ -51,6 +51,12 @@ _NOISE_SEED = flags.DEFINE_integer(
 _DIAGNOSTICS = flags.DEFINE_bool(
   'diagnostics', False, 'Record clipped fractions (leaks; simulations only).'
 )
+_REPORT_TRAINING_STATISTICS = flags.DEFINE_bool(
+  'report_training_statistics',
+  False,
+  'Clients also send their training loss and Dice counts for metrics.csv '
+  '(not privatised: simulations only).',
+)
 _ROUNDS_PER_EVAL = flags.DEFINE_integer(
   'rounds_per_eval', 5, 'Validate every this many rounds.'
 )
@@ -99,6 +105,7 @@ def config_from_flags() -> federated.FederatedConfig:
     max_institution_eval_cases=_MAX_INSTITUTION_EVAL_CASES.value,
     noise_seed=_NOISE_SEED.value,
     diagnostics=_DIAGNOSTICS.value,
+    report_training_statistics=_REPORT_TRAINING_STATISTICS.value,
     **shared_flags.trainer_kwargs(),
   )
 

@@ -71,8 +71,9 @@ def test_config_from_flags():
       eval_per_institution=True,
       max_institution_eval_cases=2,
       seed=-1,
-      noise_seed=11,
+      noise_seed=None,  # a budget needs fresh noise
       diagnostics=True,
+      report_training_statistics=True,
     ):
       config = train_federated.config_from_flags()
   assert config == federated.FederatedConfig(
@@ -101,8 +102,9 @@ def test_config_from_flags():
     eval_per_institution=True,
     max_institution_eval_cases=2,
     seed=None,
-    noise_seed=11,
+    noise_seed=None,
     diagnostics=True,
+    report_training_statistics=True,
   )
 
 
@@ -211,3 +213,15 @@ def test_smoke_child_process(tmp_path):
   )
   assert 'Traceback' not in result.stderr
   assert os.listdir(tmp_path) == []
+
+
+def test_noise_seed_flag_reaches_the_config():
+  with flagsaver.flagsaver(
+    data_dir='prepared',
+    selection_epsilon=1.0,
+    release_epsilon=1.0,
+    noise_seed=11,
+  ):
+    config = train_federated.config_from_flags()
+  assert config.noise_seed == 11
+  assert config.guarantee_text() == 'no guarantee (fixed noise seed)'

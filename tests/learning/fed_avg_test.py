@@ -24,7 +24,11 @@ from tff_brats.models import segresnet
 # process takes about 10 s instead of about 30 s for the default depth.
 MODEL_CONFIG = dict(init_filters=8, blocks_down=(1, 1), blocks_up=(1,))
 CROP = (16, 16, 16)
-CONFIG = fed_avg.ClientConfig(model_config=MODEL_CONFIG, crop_size=CROP)
+# With the training statistics, to compare them with training outside TFF
+# (tests/training/client_measurements_test.py pins what the default sends).
+CONFIG = fed_avg.ClientConfig(
+  model_config=MODEL_CONFIG, crop_size=CROP, report_training_statistics=True
+)
 SEED = 2024
 # Client 'a': 2 cases, so 2 local steps per pass (batch 1, one crop per
 # case); 'b': 1 case, 1 step.
@@ -329,13 +333,20 @@ class TestBuildFedAvgProcess:
   def test_client_computations_are_traced_once_per_config(self):
     first = fed_avg._client_computations(CONFIG)
     # An equal config (a new object) reuses them; another config does not.
-    same = fed_avg.ClientConfig(model_config=dict(MODEL_CONFIG), crop_size=CROP)
+    same = fed_avg.ClientConfig(
+      model_config=dict(MODEL_CONFIG),
+      crop_size=CROP,
+      report_training_statistics=True,
+    )
     assert all(
       a is b
       for a, b in zip(first, fed_avg._client_computations(same), strict=True)
     )
     other = fed_avg.ClientConfig(
-      model_config=MODEL_CONFIG, crop_size=CROP, client_learning_rate=0.5
+      model_config=MODEL_CONFIG,
+      crop_size=CROP,
+      client_learning_rate=0.5,
+      report_training_statistics=True,
     )
     assert not any(
       a is b

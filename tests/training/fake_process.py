@@ -33,12 +33,21 @@ class FakeProcess:
     calls: The `(round, client_inputs)` of every `next` call, in order.
     privatization: Whether the aggregator reports released counts (the
       client-side mechanisms do; TFF's Gaussian aggregator does not).
+    training_statistics: Whether the clients send their loss and Dice
+      counts (`report_training_statistics`).
     step_size: Scale of each round's change of the weights.
   """
 
-  def __init__(self, *, privatization: bool = True, step_size: float = 1e-3):
+  def __init__(
+    self,
+    *,
+    privatization: bool = True,
+    training_statistics: bool = True,
+    step_size: float = 1e-3,
+  ):
     self.calls = []
     self.privatization = privatization
+    self.training_statistics = training_statistics
     self.step_size = step_size
 
   def initialize(self):
@@ -75,15 +84,15 @@ class FakeProcess:
     )
     clients = len(client_inputs)
     steps = 4.0 * clients
-    train = collections.OrderedDict(
-      num_clients=clients,
-      steps=steps,
-      loss_sum=steps * 0.5 / round_num,
-      dice_intersection=[1.0, 2.0, 3.0],
-      dice_predicted=[2.0, 4.0, 4.0],
-      dice_target=[2.0, 4.0, 8.0],
-      non_finite=0,
-    )
+    train = collections.OrderedDict(num_clients=clients, steps=steps)
+    if self.training_statistics:
+      train.update(
+        loss_sum=steps * 0.5 / round_num,
+        dice_intersection=[1.0, 2.0, 3.0],
+        dice_predicted=[2.0, 4.0, 4.0],
+        dice_target=[2.0, 4.0, 8.0],
+        non_finite=0,
+      )
     aggregator = collections.OrderedDict()
     if self.privatization:
       aggregator['privatization'] = collections.OrderedDict(

@@ -98,7 +98,10 @@ def _without_seconds(rows):
 
 # fake_run evaluates and checkpoints every round.
 _FAKE_RUN = dict(
-  eval_per_institution=True, rounds_per_eval=1, rounds_per_checkpoint=1
+  eval_per_institution=True,
+  rounds_per_eval=1,
+  rounds_per_checkpoint=1,
+  report_training_statistics=True,
 )
 
 
@@ -533,3 +536,16 @@ def test_a_fixed_noise_seed_spends_no_finite_epsilon(data_dir, tmp_path):
     table = f.read()
   assert 'sparse_vector (no guarantee (fixed noise seed))' in table
   assert 'fixed noise seed (noise_seed)' in table.replace('\n', ' ')
+
+
+def test_without_training_statistics_no_column_or_caveat(data_dir, tmp_path):
+  run_dir = str(tmp_path / 'r')
+  process = fake_process.FakeProcess(training_statistics=False)
+  summary, _ = _run(_config(data_dir), run_dir, process=process)
+  (first, _) = run_files.rows(run_dir)
+  assert first['steps'] == '12'
+  assert not any(key.startswith('train_') for key in first)
+  assert 'non_finite_updates' not in first
+  assert summary['privacy']['caveats'] == list(_SVT.caveats)
+  with open(os.path.join(run_dir, federated.LEDGER_TABLE)) as f:
+    assert 'Dice voxel' not in f.read()

@@ -76,6 +76,7 @@ def _binary_flags(data_dir, root):
     '--release_epsilon=1',
     '--threshold=5e-4',
     '--noise_seed=11',
+    '--report_training_statistics',
     '--seed=3',
     '--noprogress',
   ]

@@ -30,11 +30,13 @@ operating system.
 
 Measurements of `next`, besides those of the four parts (`distributor`,
 `aggregator` incl. the privacy measurements, `finalizer`):
-`client_work/train`: `num_clients`, `steps`, `loss_sum`,
-`dice_intersection`/`dice_predicted`/`dice_target` (summed TC/WT/ET voxel
-counts on the training crops) and `non_finite` (clients whose update was
-zeroed). These describe the clients' raw data and are for simulations (a
-deployment should not send them, or should privatise them too).
+`client_work/train`: `num_clients` and `steps` (the sum of the weights the
+clients send anyway). Only with `ClientConfig.report_training_statistics`
+(simulations): also `loss_sum`, `dice_intersection`/`dice_predicted`/
+`dice_target` (summed TC/WT/ET voxel counts on the training crops) and
+`non_finite` (clients whose update was zeroed). Those describe the clients'
+raw data and are outside any privacy guarantee: by default no client sends
+them, so what leaves a client is its (privatised) update and its step count.
 """
 
 from __future__ import annotations
@@ -85,6 +87,9 @@ class ClientConfig:
     client_learning_rate: The client Adam's learning rate.
     loss: 'dice' or 'dice_bce'.
     precision: 'float32', 'mixed_float16' (GPUs) or 'mixed_bfloat16'.
+    report_training_statistics: Every client also sends its loss, Dice
+      counts on its training crops and non-finite flag (simulations only:
+      they are not privatised).
   """
 
   model_config: dict[str, Any]
@@ -96,6 +101,7 @@ class ClientConfig:
   client_learning_rate: float = 1e-3
   loss: str = 'dice_bce'
   precision: str = precision_lib.FLOAT32
+  report_training_statistics: bool = False
 
   def __post_init__(self):
     checks.check_positive_int(
@@ -108,6 +114,9 @@ class ClientConfig:
     precision_lib.check_precision(self.precision)
     pipeline.training_element_spec(self.crop_size, self.batch_size)
     checks.check_positive_int('crops_per_case', self.crops_per_case)
+    checks.check_bool(
+      'report_training_statistics', self.report_training_statistics
+    )
     checks.check_probability(
       'tumour_crop_probability', self.tumour_crop_probability
     )
@@ -324,9 +333,15 @@ def _build_client_work(config, weights_type):
     result = tff.learning.templates.ClientResult(
       update=tuple(out['update']), update_weight=out['steps']
     )
+    # What the server may see: the client count and the weights' sum; the
+    # statistics of the client's data only in simulations.
+    sent = (
+      client_training.OUTPUT_KEYS
+      if config.report_training_statistics
+      else ('steps',)
+    )
     train = collections.OrderedDict(
-      num_clients=tf.constant(1, tf.int32),
-      **{key: out[key] for key in client_training.OUTPUT_KEYS},
+      num_clients=tf.constant(1, tf.int32), **{key: out[key] for key in sent}
     )
     return result, train
 

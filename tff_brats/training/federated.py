@@ -95,11 +95,12 @@ LEDGER_JSON = 'privacy_ledger.json'
 LEDGER_TABLE = 'privacy_ledger.txt'
 JOURNAL_NAME = privacy_journal.JOURNAL_NAME
 FederatedConfig = federated_config.FederatedConfig
-# Printed with every ε of a run: what leaves a client besides its update.
+# Printed with every ε of a run whose clients send their training
+# statistics (`report_training_statistics`, simulations only).
 TRAINING_STATISTICS_CAVEAT = (
-  'Not covered by this ε: the training statistics every client sends with '
-  'its update (loss sum, Dice voxel counts on its training crops, step '
-  'count, non-finite flag) are not privatised.'
+  'Not covered by this ε: the training statistics every client sent with '
+  'its update (report_training_statistics: loss sum, Dice voxel counts on '
+  'its training crops, non-finite flag) are not privatised.'
 )
 
 
@@ -369,7 +370,8 @@ class FederatedLoop:
           self._stop_at_budget(round_num, over)
           break
         row = self._run_round(round_num, clients)
-        bar.set_postfix(loss=f'{row["train_loss"]:.4f}')
+        if 'train_loss' in row:
+          bar.set_postfix(loss=f'{row["train_loss"]:.4f}')
         bar.update()
 
   def _clients(self, round_num: int) -> list[str]:
@@ -428,22 +430,14 @@ class FederatedLoop:
 
     metrics = output.metrics
     train = metrics['client_work']['train']
-    dice = client_training.pooled_dice(
-      train['dice_intersection'], train['dice_predicted'], train['dice_target']
-    )
-    steps = float(train['steps'])
     worst = self.ledger.worst_case(config.delta)
     row = collections.OrderedDict(
       round=round_num,
       release=release,
       clients=len(clients),
       client_ids=' '.join(clients),
-      steps=int(steps),
-      train_loss=float(train['loss_sum']) / steps if steps else math.nan,
-      train_dice_tc=dice[0],
-      train_dice_wt=dice[1],
-      train_dice_et=dice[2],
-      non_finite_updates=int(train['non_finite']),
+      steps=int(train['steps']),
+      **_training_columns(train),
       **_privacy_columns(metrics['aggregator'], config.diagnostics),
       epsilon_worst=worst[1] if worst else 0.0,
       epsilon_worst_client=worst[0] if worst else '',
@@ -462,13 +456,14 @@ class FederatedLoop:
     if round_num % config.rounds_per_checkpoint == 0 or last:
       asyncio.run(self.manager.save(self._program_state(), round_num))
     val = row['val_dice_mean']
+    loss = row.get('train_loss')
     logging.info(
-      'round %d/%d: %d clients, loss %.4f, released %s, ε %s (worst: %s), '
+      'round %d/%d: %d clients, loss %s, released %s, ε %s (worst: %s), '
       'validation mean Dice %s, %.1f s',
       round_num,
       config.total_rounds,
       len(clients),
-      row['train_loss'],
+      '-' if loss is None else f'{loss:.4f}',
       _count_text(row.get('released_mean')),
       accounting.format_epsilon(row['epsilon_worst']),
       row['epsilon_worst_client'] or '-',
@@ -535,7 +530,9 @@ class FederatedLoop:
     atomic.write_text(
       os.path.join(run_dir, LEDGER_JSON), self.ledger.to_json() + '\n'
     )
-    caveats = [*config.caveats, TRAINING_STATISTICS_CAVEAT]
+    caveats = list(config.caveats)
+    if config.report_training_statistics:
+      caveats.append(TRAINING_STATISTICS_CAVEAT)
     table = self.ledger.table(config.delta, notes=caveats)
     atomic.write_text(os.path.join(run_dir, LEDGER_TABLE), table + '\n')
     exported = None
@@ -591,6 +588,23 @@ class FederatedLoop:
 
 
 # ------------------------------------------------------------- helpers ----
+
+
+def _training_columns(train) -> dict[str, Any]:
+  """Training loss and Dice on the clients' crops, if they sent them."""
+  if _get(train, 'loss_sum') is None:
+    return {}
+  steps = float(train['steps'])
+  dice = client_training.pooled_dice(
+    train['dice_intersection'], train['dice_predicted'], train['dice_target']
+  )
+  return {
+    'train_loss': float(train['loss_sum']) / steps if steps else math.nan,
+    'train_dice_tc': dice[0],
+    'train_dice_wt': dice[1],
+    'train_dice_et': dice[2],
+    'non_finite_updates': int(train['non_finite']),
+  }
 
 
 def _privacy_columns(aggregator_metrics, diagnostics: bool) -> dict[str, Any]:

@@ -70,6 +70,10 @@ class FederatedConfig:
       ledger records every round as "no guarantee (fixed noise seed)".
     diagnostics: Also record clipped fractions and noisy thresholds
       (outside the guarantee; simulations only).
+    report_training_statistics: Every client also sends its training loss,
+      Dice counts on its crops and non-finite flag, for metrics.csv
+      (outside the guarantee; simulations only). By default a client sends
+      only its privatised update and its step count.
   """
 
   data_dir: str
@@ -100,6 +104,7 @@ class FederatedConfig:
   seed: int | None = 0
   noise_seed: int | None = None
   diagnostics: bool = False
+  report_training_statistics: bool = False
 
   def __post_init__(self):
     if not isinstance(self.mechanism, mechanisms_base.PrivacyMechanism):
@@ -209,6 +214,7 @@ class FederatedConfig:
       client_learning_rate=self.client_learning_rate,
       loss=self.loss,
       precision=self.precision,
+      report_training_statistics=self.report_training_statistics,
     )
 
   def model_aggregator(self, clients_per_round: int):
