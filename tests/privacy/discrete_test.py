@@ -181,7 +181,7 @@ def test_signed_tail_has_the_discrete_laplace_law(m0, m1):
   # (B, [X >= m_B], X where smaller) against DL(a) = (1 - 2B)·X with
   # (B = 1, X = 0) rejected: P(B = 0, X = x) ∝ q^x, P(B = 1, X = x) ∝ q^x
   # for x >= 1. Cells: (sign, X) for X < m_B, and (sign, beyond).
-  a, size = 3, 30_000
+  a, size = 3, 12_000
   q = math.exp(-1 / a)
 
   def m_at(positions, negative):
