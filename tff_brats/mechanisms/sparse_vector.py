@@ -151,17 +151,19 @@ class SparseVector(client_side.ClientSideMechanism):
     try:
       lattice = budget.sparse_vector_lattice(b, self.threshold)
     except ValueError as e:
-      lines.append(f'  no exact lattice for these parameters: {e}')
+      lines.append('  no exact lattice for these parameters:')
+      lines.append(f'    {e}')
     else:
       lines += [
-        f'  exact noise on a lattice: Δ = 2^{lattice.exponent}, values in '
-        f'[−G, G]·Δ with G = {lattice.bound:,}; discrete Laplace scales '
-        f'a1 = {lattice.threshold_scale:,}, a2 = {lattice.query_scale:,}, '
-        f'a3 = {lattice.release_scale:,} steps',
+        f'  exact noise: lattice Δ = 2^{lattice.exponent}, values in '
+        f'[−G, G]·Δ, G = {lattice.bound:,};',
+        f'    discrete Laplace scales (lattice steps) a1 = '
+        f'{lattice.threshold_scale:,},',
+        f'    a2 = {lattice.query_scale:,}, a3 = {lattice.release_scale:,}',
         f'  spent exactly: G/a1 + 2cG/a2 = '
         f'{lattice.threshold_epsilon + lattice.query_epsilon:.6g} <= ε, '
-        f'2cG/a3 = {lattice.release_epsilon:.6g} <= ε3 (pure ε-DP, no '
-        'floating-point caveat)',
+        f'2cG/a3 = {lattice.release_epsilon:.6g} <= ε3',
+        '  (pure ε-DP on the lattice, no floating-point caveat)',
       ]
     lines.append('  N sets c and the noise scales, not ε.')
     return lines
