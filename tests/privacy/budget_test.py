@@ -122,9 +122,10 @@ def test_sparse_vector_lattice_coarsens_for_huge_scales():
     release_epsilon=1e-4,
   )
   lattice = budget.sparse_vector_lattice(scales, threshold=0.0)
-  assert max(
-    lattice.threshold_scale, lattice.query_scale, lattice.release_scale
-  ) <= budget.MAX_SCALE
+  assert (
+    max(lattice.threshold_scale, lattice.query_scale, lattice.release_scale)
+    <= budget.MAX_SCALE
+  )
   assert lattice.bound == 2**13
   assert lattice.release_epsilon <= 1e-4
 

@@ -63,7 +63,10 @@ def test_first_step_cut_by_hand():
   ]
   assert cuts == [3595118, 0, 2**23]
   # Exact multiples are not rounded up: 7·2^20 / 7.
-  assert int(discrete.first_step_cut(tf.constant(2**20 * 7, tf.int64), 2**23 * 7)) == 2**20
+  assert (
+    int(discrete.first_step_cut(tf.constant(2**20 * 7, tf.int64), 2**23 * 7))
+    == 2**20
+  )
 
 
 # ------------------------------------------------------------- the laws ----

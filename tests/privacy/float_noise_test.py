@@ -86,9 +86,7 @@ def test_float_laplace_release_leaks_the_input():
   p_prime = _float_laplace_outputs(_W_PRIME, low, high)
   shared = set(p) & set(p_prime)
   assert shared
-  ratio = max(
-    max(p[y] / p_prime[y], p_prime[y] / p[y]) for y in shared
-  )
+  ratio = max(max(p[y] / p_prime[y], p_prime[y] / p[y]) for y in shared)
   assert ratio > 1.2
 
 
@@ -116,7 +114,9 @@ def test_lattice_release_does_not_leak_the_input():
     # The float32 output of r is exactly r·Δ, one per r: the output tells
     # nothing beyond r.
     floats = r.astype(np.float32) * np.float32(lattice.spacing)
-    np.testing.assert_array_equal(floats.astype(np.float64), r * lattice.spacing)
+    np.testing.assert_array_equal(
+      floats.astype(np.float64), r * lattice.spacing
+    )
     assert np.unique(floats).size == r.size
     # log P(r | x) - log P(r | x') = (|r - x'| - |r - x|)/a3 (same
     # normalising constant; r inside (-G, G), no clipping).

@@ -4,7 +4,6 @@ Statistical tests state their flake odds; thresholds are set so that a
 correct sampler fails less than about once in a million runs.
 """
 
-import itertools
 import math
 
 import numpy as np

@@ -109,9 +109,7 @@ def _exact_released_set_probabilities(values, params):
     scales, params['threshold'], params['resolution_bits']
   )
   size = len(values)
-  x = np.clip(
-    np.round(values / lattice.spacing), -lattice.bound, lattice.bound
-  )
+  x = np.clip(np.round(values / lattice.spacing), -lattice.bound, lattice.bound)
   a1, a2 = lattice.threshold_scale, lattice.query_scale
   rho = np.arange(-80 * a1, 80 * a1 + 1)
   q1 = math.exp(-1.0 / a1)

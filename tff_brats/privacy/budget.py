@@ -27,13 +27,13 @@ import dataclasses
 import fractions
 import math
 
+from tff_brats.utils import checks
+
 # The lattice has G in [2^16, 2^17) steps per clip bound unless the noise
 # scales would exceed MAX_SCALE (then fewer).
 RESOLUTION_BITS = 16
 MAX_SCALE = 2**48  # `discrete.MAX_SCALE`: the exact samplers' largest scale
 MAX_THRESHOLD = 2**60  # τ/Δ, so that every comparison point fits in int64
-
-from tff_brats.utils import checks
 
 
 def shared_count(shared_fraction: float, num_values: int) -> int:

@@ -59,10 +59,10 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
+from tff_brats.privacy import randomness
+
 # Plain TensorFlow (explicit tf.cond/tf.while_loop): no AutoGraph rewrite.
 _plain = tf.autograph.experimental.do_not_convert
-
-from tff_brats.privacy import randomness
 
 MAX_SCALE = 2**48  # largest scale a; keeps a·2**8 and U + a·V within int64
 _WORD_MASK = (1 << 62) - 1  # 62 random bits of an int64 word
@@ -182,7 +182,13 @@ def bernoulli_exp(
     next_run = tf.logical_and(ended, tf.logical_not(finished))
     whole = tf.where(next_run, whole - 1, whole)
     k = tf.where(next_run, tf.ones_like(k), tf.where(active, k + 1, k))
-    return i + 1, k, whole, tf.logical_and(active, tf.logical_not(finished)), result
+    return (
+      i + 1,
+      k,
+      whole,
+      tf.logical_and(active, tf.logical_not(finished)),
+      result,
+    )
 
   _, _, _, _, result = _loop(
     lambda i, k, whole, active, result: tf.reduce_any(active),
@@ -412,9 +418,7 @@ def signed_tail(
   prefix = tf.bitwise.bitwise_and(word, _PREFIX_MASK)
   cut_0 = first_step_cut(m_max[0], a)
   cut_1 = first_step_cut(m_max[1], a)
-  cut = tf.where(
-    negative, tf.cast(cut_1, tf.int32), tf.cast(cut_0, tf.int32)
-  )
+  cut = tf.where(negative, tf.cast(cut_1, tf.int32), tf.cast(cut_0, tf.int32))
   settled = prefix >= cut
   positions = tf.where(tf.logical_not(settled))[:, 0]
   sub_negative, sub_beyond, sub_below = _tail_rest(
@@ -490,9 +494,7 @@ def _step(m, a, prefix, seed):
 
   def boundary():
     won = bernoulli_rational(tf.gather(remainder, at), a, seed)
-    return tf.tensor_scatter_nd_update(
-      tf.zeros_like(tie), at[:, None], won
-    )
+    return tf.tensor_scatter_nd_update(tf.zeros_like(tie), at[:, None], won)
 
   on_boundary = tf.cond(
     tf.reduce_any(tie), boundary, lambda: tf.zeros_like(tie)
@@ -589,9 +591,7 @@ def _tail_rest(positions, negative, prefix, a, m_at, positive_values, seed):
     bits = tf.where(first, prefix, fresh_prefix)
     m = tf.maximum(_int64(m_at(positions, sign)), 0)
     new_beyond = exp_bernoulli(m, a, randomness.substream(stream, 2), bits)
-    new_below = _below(
-      m, sign, new_beyond, positive_values, a, 3, stream
-    )
+    new_below = _below(m, sign, new_beyond, positive_values, a, 3, stream)
     negative = tf.where(pending, sign, negative)
     beyond = tf.where(pending, new_beyond, beyond)
     below = tf.where(pending, new_below, below)

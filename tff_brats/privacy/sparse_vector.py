@@ -56,12 +56,12 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-# Plain TensorFlow (explicit tf.cond/tf.while_loop): no AutoGraph rewrite.
-_plain = tf.autograph.experimental.do_not_convert
-
 from tff_brats.privacy import budget
 from tff_brats.privacy import discrete
 from tff_brats.privacy import randomness
+
+# Plain TensorFlow (explicit tf.cond/tf.while_loop): no AutoGraph rewrite.
+_plain = tf.autograph.experimental.do_not_convert
 
 # Above this prefix fraction, querying every coordinate at once is cheaper.
 _MAX_PREFIX_FRACTION = 0.5
@@ -138,9 +138,7 @@ def sparse_vector(
   if lattice.exponent >= -126:
     noisy = tf.cast(released, tf.float32) * lattice.spacing
   else:
-    noisy = tf.cast(
-      tf.cast(released, tf.float64) * lattice.spacing, tf.float32
-    )
+    noisy = tf.cast(tf.cast(released, tf.float64) * lattice.spacing, tf.float32)
   if steps is not None:
     noisy = noisy * steps
   release = tf.raw_ops.SparseToDense(
@@ -227,7 +225,9 @@ class _Scan:
     """
     everything = kappa >= _MAX_PREFIX_FRACTION
     in_prefix = tf.cond(
-      everything, lambda: tf.ones([self.size], bool), lambda: self._members(kappa)
+      everything,
+      lambda: tf.ones([self.size], bool),
+      lambda: self._members(kappa),
     )
 
     def visited(stage):
@@ -348,9 +348,7 @@ def _smallest_keys(candidates, keys, num_candidates, count, seed):
   lower = _key_cut(p - spread)
   upper = _key_cut(p + spread, tf.math.ceil)
   keep = tf.logical_and(candidates, keys < lower)
-  band = tf.logical_and(
-    candidates, tf.logical_and(keys >= lower, keys < upper)
-  )
+  band = tf.logical_and(candidates, tf.logical_and(keys >= lower, keys < upper))
   missing = count - tf.reduce_sum(tf.cast(keep, tf.int64))
   in_band = tf.reduce_sum(tf.cast(band, tf.int64))
 
@@ -362,14 +360,10 @@ def _smallest_keys(candidates, keys, num_candidates, count, seed):
     return tf.gather(positions, order[:how_many])
 
   def complete_band():
-    return tf.concat(
-      [tf.where(keep)[:, 0], ranked(band, missing, 1)], axis=0
-    )
+    return tf.concat([tf.where(keep)[:, 0], ranked(band, missing, 1)], axis=0)
 
   band_ok = tf.logical_and(missing >= 0, missing <= in_band)
-  return tf.cond(
-    band_ok, complete_band, lambda: ranked(candidates, count, 2)
-  )
+  return tf.cond(band_ok, complete_band, lambda: ranked(candidates, count, 2))
 
 
 class _Lattice:
@@ -424,6 +418,4 @@ def _release(x, lattice, seed):
     tf.where(sign, -bound, bound),
     tf.where(sign, value - tail.sub_below, value + tail.sub_below),
   )
-  return tf.tensor_scatter_nd_update(
-    saturated, tail.positions[:, None], inside
-  )
+  return tf.tensor_scatter_nd_update(saturated, tail.positions[:, None], inside)
