@@ -235,13 +235,13 @@ class _Scan:
         return tf.cond(
           everything,
           lambda: tf.range(self.size, dtype=tf.int64),
-          lambda: tf.where(in_prefix)[:, 0],
+          lambda: _where(in_prefix),
         )
 
       return tf.cond(
         tf.equal(stage, 0),
         prefix,
-        lambda: tf.where(tf.logical_not(in_prefix))[:, 0],
+        lambda: _where(tf.logical_not(in_prefix)),
       )
 
     def body(stage, kept, passed, done):
@@ -256,7 +256,7 @@ class _Scan:
       needed = self.count - tf.size(kept, out_type=tf.int64)
       local = tf.cond(
         num_passing <= needed,
-        lambda: tf.where(passes)[:, 0],
+        lambda: _where(passes),
         lambda: _smallest_keys(
           passes,
           keys,
@@ -318,14 +318,7 @@ class _Scan:
     return octets < level
 
 
-_KEY_VALUES = 256.0  # order keys are uniform on {0, …, 255}
-
-
-@_plain
-def _key_cut(fraction, rounding=tf.math.floor):
-  """int32 cut: a key is below it with probability about `fraction`."""
-  cut = rounding(tf.cast(fraction, tf.float64) * _KEY_VALUES)
-  return tf.cast(tf.clip_by_value(cut, 0.0, _KEY_VALUES), tf.int32)
+_KEY_VALUES = 256  # order keys are uniform on {0, …, 255}
 
 
 @_plain
@@ -335,35 +328,57 @@ def _smallest_keys(candidates, keys, num_candidates, count, seed):
   Candidates are a bool mask; keys are independent uniform 8-bit integers
   (int32), refined by fresh 32-bit words where the order needs them
   (`randomness.ordered_by`), so that every order of the candidates is
-  equally likely. Keys below a lower
-  cut are kept, keys in a band around the count's quantile are ranked;
-  if the band misses the count (probability below 1e-12) every candidate
-  is ranked.
+  equally likely. A histogram of the candidates' keys gives the cut L:
+  every candidate with a key below L is among the first `count`, and the
+  rest are drawn from the candidates whose key is L, in refined order.
   """
   count = tf.minimum(tf.cast(count, tf.int64), num_candidates)
-  n = tf.cast(tf.maximum(num_candidates, 1), tf.float64)
-  p = tf.cast(count, tf.float64) / n
-  deviation = tf.sqrt(n * p * (1.0 - p))
-  spread = (8.0 * deviation + 32.0) / n
-  lower = _key_cut(p - spread)
-  upper = _key_cut(p + spread, tf.math.ceil)
-  keep = tf.logical_and(candidates, keys < lower)
-  band = tf.logical_and(candidates, tf.logical_and(keys >= lower, keys < upper))
-  missing = count - tf.reduce_sum(tf.cast(keep, tf.int64))
-  in_band = tf.reduce_sum(tf.cast(band, tf.int64))
+  # Non-candidates get key 256, after every candidate.
+  marked = tf.where(candidates, keys, _KEY_VALUES)
+  histogram = tf.math.bincount(
+    marked, minlength=_KEY_VALUES + 1, maxlength=_KEY_VALUES + 1, dtype=tf.int64
+  )
+  below = tf.cumsum(histogram, exclusive=True)
+  # The largest L with at most `count` candidates below it (below is
+  # non-decreasing and below[0] = 0).
+  cut = tf.reduce_sum(tf.cast(below <= count, tf.int32)) - 1
+  missing = count - tf.gather(below, cut)
 
-  def ranked(mask, how_many, stream):
-    positions = tf.where(mask)[:, 0]
+  def ranked():
+    positions = tf.where(tf.equal(marked, cut))[:, 0]
     order = randomness.ordered_by(
-      tf.gather(keys, positions), randomness.substream(seed, stream)
+      tf.gather(keys, positions), randomness.substream(seed, 1)
     )
-    return tf.gather(positions, order[:how_many])
+    return tf.gather(positions, order[:missing])
 
-  def complete_band():
-    return tf.concat([tf.where(keep)[:, 0], ranked(band, missing, 1)], axis=0)
+  return tf.concat(
+    [
+      _where(marked < cut),
+      tf.cond(missing > 0, ranked, lambda: tf.zeros([0], tf.int64)),
+    ],
+    axis=0,
+  )
 
-  band_ok = tf.logical_and(missing >= 0, missing <= in_band)
-  return tf.cond(band_ok, complete_band, lambda: ranked(candidates, count, 2))
+
+@_plain
+def _where(mask: tf.Tensor, pieces: int = 2) -> tf.Tensor:
+  """`tf.where(mask)[:, 0]` for a 1-D mask, in pieces that run in parallel.
+
+  TensorFlow's CPU Where runs on one thread; large masks are split so that
+  the pieces use the inter-op threads.
+  """
+  static = mask.shape[0]
+  if static is not None and static < 2**20:
+    return tf.where(mask)[:, 0]
+  size = tf.size(mask, out_type=tf.int64)
+  step = (size + pieces - 1) // pieces
+  return tf.concat(
+    [
+      tf.where(mask[i * step : (i + 1) * step])[:, 0] + i * step
+      for i in range(pieces)
+    ],
+    axis=0,
+  )
 
 
 class _Lattice:
