@@ -91,6 +91,33 @@ def _loop(cond: Callable, body: Callable, loop_vars: tuple) -> tuple:
 
 
 @_plain
+def _until_accepted(shape: Any, draw: Callable, seed: tf.Tensor) -> tf.Tensor:
+  """Elementwise rejection sampling of int64 values.
+
+  `draw(stream)` returns `(candidates, accepted)` shaped `shape`; it is
+  called with the fresh streams 0, 1, 2, … of `seed` until every element
+  has been accepted once, and each element keeps its first accepted
+  candidate.
+  """
+
+  def body(i, value, done):
+    candidate, accepted = draw(randomness.substream(seed, i))
+    take = tf.logical_and(tf.logical_not(done), accepted)
+    return i + 1, tf.where(take, candidate, value), tf.logical_or(done, take)
+
+  _, value, _ = _loop(
+    lambda i, value, done: tf.logical_not(tf.reduce_all(done)),
+    body,
+    (
+      tf.constant(0, tf.int64),
+      tf.zeros(shape, tf.int64),
+      tf.zeros(shape, bool),
+    ),
+  )
+  return value
+
+
+@_plain
 def uniform_below(n: Any, seed: tf.Tensor) -> tf.Tensor:
   """Exactly uniform integers in [0, n), elementwise.
 
@@ -105,25 +132,14 @@ def uniform_below(n: Any, seed: tf.Tensor) -> tf.Tensor:
   limit = ((1 << 62) // n) * n  # largest multiple of n <= 2**62
 
   # Rejections (probability below n / 2**62 each) are drawn again.
-  def body(i, value, done):
+  def draw(stream):
     word = tf.random.stateless_uniform(
-      tf.shape(n),
-      randomness.substream(seed, i),
-      minval=None,
-      maxval=None,
-      dtype=tf.int64,
+      tf.shape(n), stream, minval=None, maxval=None, dtype=tf.int64
     )
     bits = tf.bitwise.bitwise_and(word, _WORD_MASK)
-    accept = tf.logical_and(tf.logical_not(done), bits < limit)
-    value = tf.where(accept, tf.math.floormod(bits, n), value)
-    return i + 1, value, tf.logical_or(done, accept)
+    return tf.math.floormod(bits, n), bits < limit
 
-  _, value, _ = _loop(
-    lambda i, value, done: tf.logical_not(tf.reduce_all(done)),
-    body,
-    (tf.constant(0, tf.int64), tf.zeros_like(n), tf.zeros(tf.shape(n), bool)),
-  )
-  return value
+  return _until_accepted(tf.shape(n), draw, seed)
 
 
 @_plain
@@ -272,8 +288,7 @@ def truncated_geometric(m: Any, a: Any, seed: tf.Tensor) -> tf.Tensor:
   a = _int64(a)
   small = m <= a
 
-  def body(i, value, done):
-    stream = randomness.substream(seed, i)
+  def draw(stream):
     uniform = uniform_below(
       tf.where(small, m, tf.ones_like(m)), randomness.substream(stream, 1)
     )
@@ -283,18 +298,11 @@ def truncated_geometric(m: Any, a: Any, seed: tf.Tensor) -> tf.Tensor:
       x = geometric(tf.shape(m), a, randomness.substream(stream, 3))
       return tf.where(small, uniform, x), tf.where(small, accepted, x < m)
 
-    candidate, accepted = tf.cond(
+    return tf.cond(
       tf.reduce_all(small), lambda: (uniform, accepted), with_geometric
     )
-    take = tf.logical_and(tf.logical_not(done), accepted)
-    return i + 1, tf.where(take, candidate, value), tf.logical_or(done, take)
 
-  _, value, _ = _loop(
-    lambda i, value, done: tf.logical_not(tf.reduce_all(done)),
-    body,
-    (tf.constant(0, tf.int64), tf.zeros_like(m), tf.zeros(tf.shape(m), bool)),
-  )
-  return value
+  return _until_accepted(tf.shape(m), draw, seed)
 
 
 @_plain
@@ -309,23 +317,14 @@ def discrete_laplace(shape: Any, a: Any, seed: tf.Tensor) -> tf.Tensor:
   Returns:
     An int64 tensor.
   """
-  zeros = tf.zeros(shape, tf.int64)
 
-  def body(i, value, done):
-    stream = randomness.substream(seed, i)
+  def draw(stream):
     negative = _sign_bits(shape, randomness.substream(stream, 1))
     x = geometric(shape, a, randomness.substream(stream, 2))
     accepted = tf.logical_not(tf.logical_and(negative, tf.equal(x, 0)))
-    take = tf.logical_and(tf.logical_not(done), accepted)
-    value = tf.where(take, tf.where(negative, -x, x), value)
-    return i + 1, value, tf.logical_or(done, take)
+    return tf.where(negative, -x, x), accepted
 
-  _, value, _ = _loop(
-    lambda i, value, done: tf.logical_not(tf.reduce_all(done)),
-    body,
-    (tf.constant(0, tf.int64), zeros, tf.zeros(shape, bool)),
-  )
-  return value
+  return _until_accepted(shape, draw, seed)
 
 
 @_plain
