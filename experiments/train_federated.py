@@ -69,7 +69,16 @@ _EVAL_PER_INSTITUTION = flags.DEFINE_bool(
 _MAX_INSTITUTION_EVAL_CASES = flags.DEFINE_integer(
   'max_institution_eval_cases', 4, 'Cases per institution to score.'
 )
-
+_WORKER_ISOLATION = flags.DEFINE_enum(
+  'worker_isolation',
+  'namespace',
+  ['namespace', 'none'],
+  "Where TFF's local C++ worker listens. 'namespace': in a private network "
+  'namespace that no other host can reach, through a Unix socket only this '
+  "user can open (Linux; needs user namespaces). 'none': on every network "
+  'interface without TLS or authentication, as TFF itself does: anyone who '
+  'can reach the port can run TensorFlow operations as you.',
+)
 
 # The shared flags this binary reads; --help lists them with its own.
 shared_flags.declare_key_flags(
@@ -124,6 +133,7 @@ def main(argv: Sequence[str]) -> None:
       run_dir,
       resume=shared_flags.RESUME.value,
       progress=shared_flags.PROGRESS.value,
+      worker_isolation=_WORKER_ISOLATION.value,
     )
   except ValueError as e:  # bad flags or data; the message says which
     raise SystemExit(f'train_federated: error: {e}') from None

@@ -171,14 +171,16 @@ def stray_worker_pids() -> list[int]:
   """TFF workers started by this process that are still alive, other than
   the test session's own shared runtime."""
   return [
-    pid for pid in child_pids('worker_binary') if pid not in SESSION_WORKER_PIDS
+    pid
+    for pid in descendant_pids('worker_binary')
+    if pid not in SESSION_WORKER_PIDS
   ]
 
 
-def child_pids(name: str, parent: int | None = None) -> list[int]:
-  """Live processes called `name` whose parent is `parent` (default: us)."""
-  parent = os.getpid() if parent is None else parent
-  found = []
+def descendant_pids(name: str) -> list[int]:
+  """Live processes called `name` started by us, directly or not (a worker
+  runs under its isolating launcher)."""
+  parents, names = {}, {}
   for entry in os.listdir('/proc'):
     if not entry.isdigit():
       continue
@@ -187,11 +189,23 @@ def child_pids(name: str, parent: int | None = None) -> list[int]:
         stat = f.read()
     except OSError:
       continue
-    comm = stat[stat.index('(') + 1 : stat.rindex(')')]
     fields = stat.rsplit(')', 1)[1].split()
-    if comm == name[:15] and int(fields[1]) == parent and fields[0] != 'Z':
-      found.append(int(entry))
-  return found
+    if fields[0] == 'Z':
+      continue
+    parents[int(entry)] = int(fields[1])
+    names[int(entry)] = stat[stat.index('(') + 1 : stat.rindex(')')]
+  me = os.getpid()
+
+  def descends(pid):
+    seen = set()
+    while pid in parents and pid not in seen:
+      seen.add(pid)
+      pid = parents[pid]
+      if pid == me:
+        return True
+    return False
+
+  return [p for p in parents if names[p] == name[:15] and descends(p)]
 
 
 def repeated_sum_function(fn, runs: int, stream: int = 99):

@@ -14,9 +14,12 @@ this module starts only those two, at the same time (each imports
 TensorFlow, about 3 s of CPU).
 """
 
+import logging
 import os
 import re
 import signal
+import socket
+import stat
 import subprocess
 import sys
 import textwrap
@@ -28,8 +31,9 @@ import tensorflow_federated as tff
 
 from tests import testing_utils
 from tff_brats.runtime import local
+from tff_brats.runtime import worker as worker_lib
 
-# Starts eight TFF workers and two child Pythons (about 12 s in all).
+# Starts ten TFF workers and two child Pythons (about 15 s in all).
 pytestmark = pytest.mark.slow
 
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
@@ -275,3 +279,69 @@ def test_no_worker_survives_sigkill(children):
   assert testing_utils.wait_process_gone(worker_pid), (
     f'worker {worker_pid} survived SIGKILL'
   )
+
+
+# --------------------------------------------------- network isolation ----
+
+
+def _listening_ports() -> set[int]:
+  """TCP ports in LISTEN state in this process's network namespace."""
+  ports = set()
+  for table in ('/proc/net/tcp', '/proc/net/tcp6'):
+    with open(table) as f:
+      for line in f.readlines()[1:]:
+        fields = line.split()
+        if fields[3] == '0A':  # TCP_LISTEN
+          ports.add(int(fields[1].rsplit(':', 1)[1], 16))
+  return ports
+
+
+def _refused(host: str, port: int) -> bool:
+  try:
+    socket.create_connection((host, port), timeout=5).close()
+  except ConnectionRefusedError:
+    return True
+  return False
+
+
+def test_default_worker_is_unreachable_from_the_network(tmp_path):
+  with local.LocalRuntime(log_dir=str(tmp_path)) as rt:
+    assert _add_one(41) == 42
+    worker, worker_pid = rt._worker, rt.worker_pid
+    # The worker runs in a network namespace of its own ...
+    assert os.readlink(f'/proc/{worker_pid}/ns/net') != os.readlink(
+      '/proc/self/ns/net'
+    )
+    # ... so nothing listens on its port here, and connecting is refused
+    # even from this host's loopback.
+    assert worker.port not in _listening_ports()
+    assert _refused('127.0.0.1', worker.port)
+    assert _refused('::1', worker.port)
+    # The one way in is a Unix socket that only this user can reach.
+    assert worker.address.startswith('unix:')
+    path = worker.address[len('unix:') :]
+    assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert os.stat(path).st_uid == os.getuid()
+  assert not os.path.exists(os.path.dirname(path))
+  assert testing_utils.wait_process_gone(worker_pid)
+
+
+def test_isolation_none_listens_on_every_interface_and_warns(tmp_path, caplog):
+  # The behaviour the default closes (TFF's own: `[::]:PORT`, no TLS), so
+  # that the test above is known to detect it.
+  with caplog.at_level(logging.WARNING):
+    with local.LocalRuntime(log_dir=str(tmp_path), isolation='none') as rt:
+      assert _add_one(41) == 42
+      port = rt._worker.port
+      assert port in _listening_ports()
+      assert not _refused('127.0.0.1', port)
+  assert any('without TLS' in r.getMessage() for r in caplog.records)
+
+
+def test_bad_isolation_is_named():
+  with pytest.raises(
+    ValueError,
+    match=re.escape("isolation must be one of namespace, none. Found 'open'."),
+  ):
+    worker_lib.WorkerProcess(1234, '/tmp/unused.log', isolation='open')

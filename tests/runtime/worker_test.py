@@ -1,8 +1,10 @@
 """Tests of the worker process wrapper against the real `worker_binary`."""
 
 import os
+import signal
 import socket
 
+import grpc
 import portpicker
 import pytest
 
@@ -21,23 +23,43 @@ def test_worker_binary_path_is_executable():
   assert os.access(path, os.X_OK)
 
 
-def test_start_serve_stop(tmp_path):
+def _serving(address: str) -> bool:
+  """Whether a gRPC server answers at `address` (a TCP or unix: target)."""
+  channel = grpc.insecure_channel(address)
+  try:
+    grpc.channel_ready_future(channel).result(timeout=0.5)
+    return True
+  except grpc.FutureTimeoutError:
+    return False
+  finally:
+    channel.close()
+
+
+@pytest.mark.parametrize('isolation', ['namespace', 'none'])
+def test_start_serve_stop(tmp_path, isolation):
   port = portpicker.pick_unused_port()
   log_path = str(tmp_path / 'logs' / 'worker.log')
-  w = worker.WorkerProcess(port, log_path)
+  w = worker.WorkerProcess(port, log_path, isolation=isolation)
   w.start()
   try:
-    w.wait_until(lambda: _port_open(port), timeout=60)
+    address = w.address
+    w.wait_until(lambda: _serving(address), timeout=60)
     assert w.is_running()
     w.start()  # idempotent while running: same process
     assert w.is_running()
+    # Reachable on this host's loopback only without isolation.
+    assert _port_open(port) == (isolation == 'none')
   finally:
     w.stop()
   assert not w.is_running()
-  # SIGINT is TFF's own way to stop the service: it exits on it.
-  assert w.returncode is not None
+  # SIGINT is TFF's own way to stop the service: it dies of it (the
+  # launcher passes it on and dies the same way).
+  assert w.returncode == -signal.SIGINT
   assert os.path.exists(log_path)
   assert not _port_open(port)
+  assert not _serving(address)
+  if isolation == 'namespace':
+    assert not os.path.exists(address[len('unix:') :])
 
 
 def test_wait_until_reports_early_exit_with_log(tmp_path):

@@ -66,6 +66,7 @@ class LocalRuntime:
     max_concurrent_computation_calls: int = -1,
     startup_timeout: float = 60.0,
     port: int | None = None,
+    isolation: str = 'namespace',
   ):
     """Configures (but does not start) the runtime.
 
@@ -79,6 +80,10 @@ class LocalRuntime:
         means no limit.
       startup_timeout: Seconds to wait for the worker to accept calls.
       port: The worker's port; a free one when None.
+      isolation: Where the worker listens: 'namespace' (a private network
+        namespace that no other host can reach, through a Unix socket only
+        this user can open) or 'none' (every interface, without TLS, as
+        TFF's own local context does; `worker.NONE_ISOLATION_RISK`).
     """
     checks.check_non_negative_int('default_num_clients', default_num_clients)
     checks.check_positive_number('startup_timeout', startup_timeout)
@@ -87,7 +92,9 @@ class LocalRuntime:
     self._max_calls = max_concurrent_computation_calls
     self._startup_timeout = startup_timeout
     self._port = port
+    self._isolation = isolation
     self._worker = None
+    self._server_pid: int | None = None
     self._channel: grpc.Channel | None = None
     self._previous_handlers: dict[int, object] = {}
     self._temporary_log_dir: str | None = None
@@ -95,8 +102,8 @@ class LocalRuntime:
 
   @property
   def worker_pid(self) -> int | None:
-    """Process id of the worker while the runtime is open."""
-    return None if self._worker is None else self._worker.pid
+    """Process id of `worker_binary` while the runtime is open."""
+    return None if self._worker is None else self._server_pid
 
   @property
   def log_path(self) -> str | None:
@@ -126,7 +133,12 @@ class LocalRuntime:
       port,
       log_path,
       max_concurrent_computation_calls=self._max_calls,
+      isolation=self._isolation,
     )
+    if self._isolation == 'none':
+      logging.warning(
+        'worker_isolation=none: %s.', worker_lib.NONE_ISOLATION_RISK
+      )
     with _live_lock:
       _live_runtimes.add(self)
     atexit.register(self.close)
@@ -134,12 +146,24 @@ class LocalRuntime:
     try:
       self._worker.start()
       started = time.monotonic()
+      # Plaintext, but only to loopback or to a Unix socket of this user.
       self._channel = grpc.insecure_channel(
-        f'localhost:{port}', _GRPC_CHANNEL_OPTIONS
+        self._worker.address, _GRPC_CHANNEL_OPTIONS
       )
       stub = tff.framework.RemoteExecutorGrpcStub(self._channel)
       self._worker.wait_until(lambda: stub.is_ready, self._startup_timeout)
-      logging.info('TFF worker ready after %.1f s.', time.monotonic() - started)
+      self._server_pid = self._worker.server_pid()
+      logging.info(
+        'Started TFF worker pid %s on port %d, %s, ready after %.1f s '
+        '(log: %s).',
+        self._server_pid,
+        port,
+        'in a private network namespace'
+        if self._isolation == 'namespace'
+        else 'on every network interface, without TLS',
+        time.monotonic() - started,
+        log_path,
+      )
       self._context = _sync_context(stub, self._default_num_clients)
       tff.framework.set_default_context(self._context)
     except BaseException:

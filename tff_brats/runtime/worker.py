@@ -16,6 +16,14 @@ module starts the worker itself, with
 
 `stop()` sends SIGINT (what TFF itself sends), waits, then SIGKILLs.
 
+Isolation (`isolation='namespace'`, the default): TFF's worker listens on
+all interfaces without TLS. It is therefore started through
+`isolated_worker.py`, in a private network namespace that no other host
+can reach, and is reached through a Unix socket in a folder only this user
+can open (`address` is then `unix:…`). `isolation='none'` runs it on the
+host's network as TFF does (`address` is `localhost:PORT`): anyone who can
+reach the port can run TensorFlow operations as this user.
+
 The worker inherits the parent's environment with one default added:
 `MALLOC_ARENA_MAX=1` (unless the environment already sets it). The worker is
 linked against glibc's malloc, which gives each busy thread an arena of its
@@ -36,14 +44,24 @@ import ctypes
 import ctypes.util
 import importlib.util
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 from absl import logging
 
 _PR_SET_PDEATHSIG = 1
+_NAMESPACE_UNAVAILABLE = 3  # isolated_worker.NAMESPACE_UNAVAILABLE
+
+ISOLATIONS = ('namespace', 'none')
+NONE_ISOLATION_RISK = (
+  "TFF's worker listens on every network interface without TLS or "
+  'authentication: anyone who can reach this port can run TensorFlow '
+  'operations (which read and write files) as this user'
+)
 
 # Environment defaults for the worker; the parent's own values win.
 WORKER_ENVIRONMENT_DEFAULTS = {'MALLOC_ARENA_MAX': '1'}
@@ -83,6 +101,7 @@ class WorkerProcess:
     *,
     max_concurrent_computation_calls: int = -1,
     binary_path: str | None = None,
+    isolation: str = 'namespace',
   ):
     """Describes (but does not start) a worker.
 
@@ -92,14 +111,40 @@ class WorkerProcess:
       max_concurrent_computation_calls: Passed to the binary; non-positive
         means no limit.
       binary_path: The executable; defaults to the one inside the TFF wheel.
+      isolation: 'namespace' (a private network namespace, reached through
+        a Unix socket) or 'none' (the host's network; see the module
+        docstring).
     """
     if not 0 < port < 65536:
       raise ValueError(f'port must be in [1, 65535]. Found {port}.')
+    if isolation not in ISOLATIONS:
+      raise ValueError(
+        f'isolation must be one of {", ".join(ISOLATIONS)}. Found {isolation!r}.'
+      )
+    if isolation == 'namespace' and not sys.platform.startswith('linux'):
+      raise ValueError(
+        "isolation='namespace' needs Linux network namespaces; this is "
+        f"{sys.platform}. isolation='none' means: {NONE_ISOLATION_RISK}."
+      )
+    self.isolation = isolation
+    self._socket_dir: str | None = None
     self.port = port
     self.log_path = log_path
     self._max_calls = max_concurrent_computation_calls
     self._binary_path = binary_path or worker_binary_path()
     self._process: subprocess.Popen[bytes] | None = None
+
+  @property
+  def address(self) -> str:
+    """The gRPC target of the executor service (valid once started)."""
+    if self.isolation == 'none':
+      return f'localhost:{self.port}'
+    if self._socket_dir is None:
+      raise RuntimeError('The worker is not started.')
+    return f'unix:{self._socket_path()}'
+
+  def _socket_path(self) -> str:
+    return os.path.join(self._socket_dir, 'executor.sock')
 
   @property
   def pid(self) -> int | None:
@@ -114,6 +159,20 @@ class WorkerProcess:
       f'--port={self.port}',
       f'--max_concurrent_computation_calls={self._max_calls}',
     ]
+    if self.isolation == 'namespace':
+      if self._socket_dir is None:
+        # mkdtemp makes it 0700: only this user can reach the socket.
+        self._socket_dir = tempfile.mkdtemp(prefix='tff_brats-worker-')
+      launcher = os.path.join(os.path.dirname(__file__), 'isolated_worker.py')
+      args = [
+        sys.executable,
+        '-I',
+        launcher,
+        self._socket_path(),
+        str(self.port),
+        '--',
+        *args,
+      ]
     os.makedirs(os.path.dirname(os.path.abspath(self.log_path)), exist_ok=True)
     with open(self.log_path, 'ab') as log:
       self._process = subprocess.Popen(
@@ -126,12 +185,31 @@ class WorkerProcess:
         start_new_session=True,
         preexec_fn=_kill_when_parent_dies,
       )
-    logging.info(
-      'Started TFF worker pid %d on port %d (log: %s).',
+    logging.debug(
+      'Started process %d for the TFF worker (%s isolation).',
       self._process.pid,
-      self.port,
-      self.log_path,
+      self.isolation,
     )
+
+  def server_pid(self) -> int | None:
+    """The pid of `worker_binary` itself (the started process, or the
+    launcher's child under namespace isolation; None before it exists)."""
+    if self._process is None:
+      return None
+    if self.isolation == 'none':
+      return self._process.pid
+    for entry in os.listdir('/proc'):
+      if not entry.isdigit():
+        continue
+      try:
+        with open(f'/proc/{entry}/stat') as f:
+          stat = f.read()
+      except OSError:
+        continue
+      fields = stat.rsplit(')', 1)[1].split()
+      if int(fields[1]) == self._process.pid:
+        return int(entry)
+    return None
 
   def is_running(self) -> bool:
     return self._process is not None and self._process.poll() is None
@@ -158,6 +236,9 @@ class WorkerProcess:
         process.kill()
         process.wait()
     logging.info('Stopped TFF worker pid %d.', process.pid)
+    if self._socket_dir is not None:
+      shutil.rmtree(self._socket_dir, ignore_errors=True)
+      self._socket_dir = None
 
   def log_tail(self, max_bytes: int = 4000) -> str:
     """The end of the worker's log, for error messages."""
@@ -183,9 +264,20 @@ class WorkerProcess:
     deadline = time.monotonic() + timeout
     while not is_ready():
       if not self.is_running():
+        hint = ''
+        if (
+          self.isolation == 'namespace'
+          and self.returncode == _NAMESPACE_UNAVAILABLE
+        ):
+          hint = (
+            ' The worker could not be isolated in a private network '
+            'namespace (the reason is in the log below). Allow user '
+            'namespaces on this host, or pass --worker_isolation=none '
+            f'knowing that {NONE_ISOLATION_RISK}.'
+          )
         raise RuntimeError(
           f'TFF worker exited with code {self.returncode} before it was '
-          f'ready (log {self.log_path}):\n{self.log_tail()}'
+          f'ready (log {self.log_path}).{hint}\n{self.log_tail()}'
         )
       if time.monotonic() > deadline:
         raise RuntimeError(

@@ -148,6 +148,7 @@ def train_federated(
   *,
   resume: bool = False,
   progress: bool = True,
+  worker_isolation: str = 'namespace',
 ) -> dict[str, Any]:
   """Runs federated training on an owned local TFF worker.
 
@@ -156,6 +157,8 @@ def train_federated(
     run_dir: The run folder (created; must be new unless `resume`).
     resume: Continue the run in `run_dir` from its last checkpoint.
     progress: Show progress bars.
+    worker_isolation: Where the worker listens (`runtime.local.LocalRuntime`'s
+      `isolation`): 'namespace' (default) or 'none'.
 
   Returns:
     The content of summary.json (see the module docstring).
@@ -177,6 +180,7 @@ def train_federated(
   runtime = local.LocalRuntime(
     default_num_clients=loop.clients_per_round,
     log_dir=os.path.join(run_dir, 'logs'),
+    isolation=worker_isolation,
   )
   return loop.run(process, runtime=runtime, resume=resume, progress=progress)
 
