@@ -28,8 +28,9 @@ def test_guarantee_is_a_gaussian_event():
   assert gauss.guarantee_text() == (
     'GaussianDpEvent(noise_multiplier=1.5) per round'
   )
-  (caveat,) = gauss.caveats
-  assert 'secure aggregation' in caveat
+  central, float_noise = gauss.caveats
+  assert 'secure aggregation' in central
+  assert 'floating point' in float_noise and 'Mironov' in float_noise
   assert gauss.describe(None) == {'noise_stddev': pytest.approx(0.3)}
 
 

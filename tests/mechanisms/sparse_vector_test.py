@@ -30,8 +30,9 @@ def test_name_guarantee_and_record():
     'sparse_vector', events.EpsilonDeltaDpEvent(1.5)
   )
   assert svt.guarantee_text() == '(ε = 1.5, δ = 0) per round'
-  (caveat,) = svt.caveats
-  assert 'step count n' in caveat and 'sent in the clear' in caveat
+  step_count, float_noise = svt.caveats
+  assert 'step count n' in step_count and 'sent in the clear' in step_count
+  assert 'floating point' in float_noise and 'Mironov' in float_noise
 
 
 def test_numbers_are_stored_as_floats_and_frozen():

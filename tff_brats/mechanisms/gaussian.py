@@ -20,6 +20,12 @@ CENTRAL_CAVEAT = (
   "adding or removing one institution's whole contribution; whoever sums "
   'the updates sees them unless secure aggregation is used.'
 )
+FLOAT_NOISE_CAVEAT = (
+  "The Gaussian noise is drawn in floating point (tensorflow_privacy's "
+  'GaussianSumQuery: float32 tf.random.normal added to the float32 sum); '
+  'the accountant assumes exact real-valued noise, which floats only '
+  'approximate (Mironov 2012).'
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +78,7 @@ class Gaussian(base.PrivacyMechanism):
 
   @property
   def caveats(self) -> tuple[str, ...]:
-    return (CENTRAL_CAVEAT,)
+    return (CENTRAL_CAVEAT, FLOAT_NOISE_CAVEAT)
 
   def aggregation_factory(
     self,

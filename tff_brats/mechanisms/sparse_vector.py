@@ -18,6 +18,14 @@ from tff_brats.privacy import randomness
 from tff_brats.privacy import sparse_vector
 from tff_brats.utils import checks
 
+FLOAT_NOISE_CAVEAT = (
+  'The Laplace noise is drawn and added in floating point: float Laplace '
+  'noise is not exactly ε-DP (Mironov 2012). With a large noise scale '
+  '(many shared values c, small ε3) neighbouring updates can reach '
+  'different sets of float32 outputs near zero, so this ε is an idealised '
+  'bound; an exact lattice release is in progress (issue 11).'
+)
+
 
 @dataclasses.dataclass(frozen=True)
 class SparseVector(client_side.ClientSideMechanism):
@@ -114,6 +122,10 @@ class SparseVector(client_side.ClientSideMechanism):
       )
 
     return self._release(update, local_steps, release)
+
+  @property
+  def caveats(self) -> tuple[str, ...]:
+    return (*super().caveats, FLOAT_NOISE_CAVEAT)
 
   def describe(self, num_values: int | None) -> dict[str, Any]:
     if num_values is None:

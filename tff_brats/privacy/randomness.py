@@ -46,10 +46,13 @@ its top 23 bits first and the other 29 only when a decision needs them
 (`coarse_uniform`, `refine`); the two give the same values' law. Laplace
 noise is the inverse distribution function of such a uniform, so a draw of
 scale b is bounded by 36.04·b and takes finitely many values. The
-guarantee of the ideal real-valued mechanism carries over up to these
+guarantee of the ideal real-valued mechanism carries over only up to these
 discretisation effects (Mironov 2012, "On significance of the least
-significant bits for differential privacy"); computing in float64 keeps
-them many orders of magnitude below the float32 values released.
+significant bits for differential privacy"), and they are not always
+small: the noise grid is about b·2^-51, which for large scales b (many
+shared values, small ε3) is coarser than float32's spacing near zero, so
+neighbouring inputs can reach different sets of float32 outputs. The
+mechanisms say so in their caveats (issue 11 tracks the exact release).
 """
 
 from __future__ import annotations
