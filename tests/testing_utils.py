@@ -180,29 +180,24 @@ def stray_worker_pids() -> list[int]:
 def descendant_pids(name: str) -> list[int]:
   """Live processes called `name` started by us, directly or not (a worker
   runs under its isolating launcher)."""
-  parents, names = {}, {}
-  for entry in os.listdir('/proc'):
-    if not entry.isdigit():
-      continue
-    try:
-      with open(f'/proc/{entry}/stat') as f:
-        stat = f.read()
-    except OSError:
-      continue
-    fields = stat.rsplit(')', 1)[1].split()
-    if fields[0] == 'Z':
-      continue
-    parents[int(entry)] = int(fields[1])
-    names[int(entry)] = stat[stat.index('(') + 1 : stat.rindex(')')]
+  from tff_brats.runtime import worker
+
+  table = {
+    pid: (parent, comm)
+    for pid, (parent, comm, state) in worker.process_table().items()
+    if state != 'Z'
+  }
   me = os.getpid()
 
   def descends(pid):
     seen = set()
-    while pid in parents and pid not in seen:
+    while pid in table and pid not in seen:
       seen.add(pid)
-      pid = parents[pid]
+      pid = table[pid][0]
       if pid == me:
         return True
     return False
 
-  return [p for p in parents if names[p] == name[:15] and descends(p)]
+  return [
+    p for p, (_, comm) in table.items() if comm == name[:15] and descends(p)
+  ]

@@ -308,6 +308,8 @@ def test_default_worker_is_unreachable_from_the_network(tmp_path):
   with local.LocalRuntime(log_dir=str(tmp_path)) as rt:
     assert _add_one(41) == 42
     worker, worker_pid = rt._worker, rt.worker_pid
+    # The stray-worker check of other tests sees it under its launcher.
+    assert worker_pid in testing_utils.descendant_pids('worker_binary')
     # The worker runs in a network namespace of its own ...
     assert os.readlink(f'/proc/{worker_pid}/ns/net') != os.readlink(
       '/proc/self/ns/net'

@@ -198,17 +198,9 @@ class WorkerProcess:
       return None
     if self.isolation == 'none':
       return self._process.pid
-    for entry in os.listdir('/proc'):
-      if not entry.isdigit():
-        continue
-      try:
-        with open(f'/proc/{entry}/stat') as f:
-          stat = f.read()
-      except OSError:
-        continue
-      fields = stat.rsplit(')', 1)[1].split()
-      if int(fields[1]) == self._process.pid:
-        return int(entry)
+    for pid, (parent, _, _) in process_table().items():
+      if parent == self._process.pid:
+        return pid
     return None
 
   def is_running(self) -> bool:
@@ -285,6 +277,23 @@ class WorkerProcess:
           f's (log {self.log_path}):\n{self.log_tail()}'
         )
       time.sleep(0.05)
+
+
+def process_table() -> dict[int, tuple[int, str, str]]:
+  """Every live process: pid -> (parent pid, name, state), from /proc."""
+  table = {}
+  for entry in os.listdir('/proc'):
+    if not entry.isdigit():
+      continue
+    try:
+      with open(f'/proc/{entry}/stat') as f:
+        stat = f.read()
+    except OSError:
+      continue  # ended meanwhile
+    name = stat[stat.index('(') + 1 : stat.rindex(')')]
+    fields = stat.rsplit(')', 1)[1].split()
+    table[int(entry)] = (int(fields[1]), name, fields[0])
+  return table
 
 
 def _load_prctl():
