@@ -188,12 +188,7 @@ def main(argv: list[str]) -> int:
   signal.signal(signal.SIGINT, stop)
   signal.signal(signal.SIGTERM, stop)
   threading.Thread(target=_serve, args=(listener, port), daemon=True).start()
-  while True:
-    try:
-      code = worker.wait()
-      break
-    except InterruptedError:
-      continue
+  code = worker.wait()  # retried after each signal handler (PEP 475)
   listener.close()
   try:
     os.unlink(socket_path)

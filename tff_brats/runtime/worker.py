@@ -53,8 +53,9 @@ import time
 
 from absl import logging
 
+from tff_brats.runtime import isolated_worker
+
 _PR_SET_PDEATHSIG = 1
-_NAMESPACE_UNAVAILABLE = 3  # isolated_worker.NAMESPACE_UNAVAILABLE
 
 ISOLATIONS = ('namespace', 'none')
 NONE_ISOLATION_RISK = (
@@ -163,11 +164,10 @@ class WorkerProcess:
       if self._socket_dir is None:
         # mkdtemp makes it 0700: only this user can reach the socket.
         self._socket_dir = tempfile.mkdtemp(prefix='tff_brats-worker-')
-      launcher = os.path.join(os.path.dirname(__file__), 'isolated_worker.py')
       args = [
         sys.executable,
         '-I',
-        launcher,
+        isolated_worker.__file__,
         self._socket_path(),
         str(self.port),
         '--',
@@ -259,7 +259,7 @@ class WorkerProcess:
         hint = ''
         if (
           self.isolation == 'namespace'
-          and self.returncode == _NAMESPACE_UNAVAILABLE
+          and self.returncode == isolated_worker.NAMESPACE_UNAVAILABLE
         ):
           hint = (
             ' The worker could not be isolated in a private network '
