@@ -201,3 +201,32 @@ def descendant_pids(name: str) -> list[int]:
   return [
     p for p, (_, comm) in table.items() if comm == name[:15] and descends(p)
   ]
+
+
+def repeated_sum_function(fn, runs: int, stream: int = 99):
+  """A function of tensors `*inputs`: the sum of `fn(seed, *inputs)` over
+  `runs` distinct explicit seeds `[i, stream]`, i = 0, …, runs - 1, in one
+  graph loop, as a NumPy array (traced once for inputs of the same shapes).
+  """
+
+  def seed_of(i):
+    return tf.stack([tf.cast(i, tf.int64), tf.constant(stream, tf.int64)])
+
+  @tf.function
+  def loop(*inputs):
+    def body(i, total):
+      return i + 1, total + fn(seed_of(i), *inputs)
+
+    return tf.while_loop(
+      lambda i, _: i < runs,
+      body,
+      (tf.constant(1), fn(seed_of(0), *inputs)),
+      parallel_iterations=32,
+    )[1]
+
+  return lambda *inputs: loop(*inputs).numpy()
+
+
+def repeated_sum(fn, runs: int, stream: int = 99) -> np.ndarray:
+  """Sums `fn(seed)` over `runs` distinct explicit seeds, in one graph loop."""
+  return repeated_sum_function(fn, runs, stream)()

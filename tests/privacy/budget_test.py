@@ -87,3 +87,60 @@ def test_sparse_vector_budget_rejects(name, value, message):
   )
   with pytest.raises(ValueError, match=message):
     budget.sparse_vector_budget(**{**kwargs, name: value})
+
+
+def test_sparse_vector_lattice_by_hand():
+  scales = budget.sparse_vector_budget(
+    shared_count=4, clip_bound=1.0, selection_epsilon=3.0, release_epsilon=2.0
+  )
+  lattice = budget.sparse_vector_lattice(scales, threshold=0.3)
+  # γ = 1 = 2^0: Δ = 2^-16, G = 65536; T = round(0.3·65536) = 19661.
+  assert (lattice.exponent, lattice.bound, lattice.threshold) == (
+    -16,
+    65536,
+    19661,
+  )
+  # a1 = ⌈G/ε1⌉ = ⌈65536/0.6⌉, a2 = ⌈2·4·G/2.4⌉, a3 = ⌈2·4·G/2⌉.
+  assert lattice.threshold_scale == 109227
+  assert lattice.query_scale == 218454
+  assert lattice.release_scale == 262144
+  # What each part really spends is at most its share, summing to <= ε.
+  assert lattice.threshold_epsilon <= scales.threshold_epsilon
+  assert lattice.threshold_epsilon + lattice.query_epsilon <= 3.0
+  assert lattice.release_epsilon == 2.0
+  assert lattice.spacing == 2.0**-16
+
+
+def test_sparse_vector_lattice_coarsens_for_huge_scales():
+  # a3 = 2cG/ε3 with c = 10^6, ε3 = 10^-4 and G = 2^16 is 1.3e15 > 2^48
+  # (2.8e14); G = 2^14 still gives 3.3e14, G = 2^13 gives 1.6e14: γ = 1 is
+  # a power of two, so G = 2^13 exactly.
+  scales = budget.sparse_vector_budget(
+    shared_count=10**6,
+    clip_bound=1.0,
+    selection_epsilon=1.0,
+    release_epsilon=1e-4,
+  )
+  lattice = budget.sparse_vector_lattice(scales, threshold=0.0)
+  assert (
+    max(lattice.threshold_scale, lattice.query_scale, lattice.release_scale)
+    <= budget.MAX_SCALE
+  )
+  assert lattice.bound == 2**13
+  assert lattice.release_epsilon <= 1e-4
+
+
+def test_sparse_vector_lattice_errors_name_the_value():
+  scales = budget.sparse_vector_budget(
+    shared_count=10**7,
+    clip_bound=1.0,
+    selection_epsilon=1.0,
+    release_epsilon=1e-12,
+  )
+  with pytest.raises(ValueError, match=r'release_epsilon = 1e-12'):
+    budget.sparse_vector_lattice(scales, threshold=0.0)
+  ok = budget.sparse_vector_budget(
+    shared_count=4, clip_bound=1.0, selection_epsilon=3.0, release_epsilon=2.0
+  )
+  with pytest.raises(ValueError, match=r'threshold must be at most .* 1e\+20'):
+    budget.sparse_vector_lattice(ok, threshold=1e20)

@@ -24,7 +24,8 @@ FLOAT_NOISE_CAVEAT = (
   "The Gaussian noise is drawn in floating point (tensorflow_privacy's "
   'GaussianSumQuery: float32 tf.random.normal added to the float32 sum); '
   'the accountant assumes exact real-valued noise, which floats only '
-  'approximate (Mironov 2012).'
+  'approximate (Mironov 2012), so this ε carries a floating-point caveat '
+  'that the sparse vector technique, drawn exactly on a lattice, does not.'
 )
 
 

@@ -18,14 +18,6 @@ from tff_brats.privacy import randomness
 from tff_brats.privacy import sparse_vector
 from tff_brats.utils import checks
 
-FLOAT_NOISE_CAVEAT = (
-  'The Laplace noise is drawn and added in floating point: float Laplace '
-  'noise is not exactly ε-DP (Mironov 2012). With a large noise scale '
-  '(many shared values c, small ε3) neighbouring updates can reach '
-  'different sets of float32 outputs near zero, so this ε is an idealised '
-  'bound; an exact lattice release is in progress (issue 11).'
-)
-
 
 @dataclasses.dataclass(frozen=True)
 class SparseVector(client_side.ClientSideMechanism):
@@ -34,10 +26,12 @@ class SparseVector(client_side.ClientSideMechanism):
   Lyu, Su & Li 2017, "Understanding the Sparse Vector Technique for
   Differential Privacy" (PVLDB 10(6)), Algorithm 1 with numeric answers, as
   Li et al. 2019 use it: at most c = ⌈q·N⌉ values pass noisy threshold
-  tests and are released with Laplace noise (`tff_brats.privacy.
-  sparse_vector`; budget split and scales in `tff_brats.privacy.budget`).
-  One round is (ε + ε3, 0)-DP for the client, for changes of its data that
-  keep its step count n (`caveats`).
+  tests and are released with noise, all exactly on a lattice with discrete
+  Laplace noise drawn in integer arithmetic (`tff_brats.privacy.
+  sparse_vector`; budget split, lattice and scales in `tff_brats.privacy.
+  budget`). One round is (ε + ε3, 0)-DP for the client, for changes of its
+  data that keep its step count n (`caveats`), with no floating-point
+  caveat.
 
   NVFlare's `SVTPrivacy` flaws (issues #343, #1214, #4470) are avoided: no
   value is released without its noise, released coordinates are a subset
@@ -123,10 +117,6 @@ class SparseVector(client_side.ClientSideMechanism):
 
     return self._release(update, local_steps, release)
 
-  @property
-  def caveats(self) -> tuple[str, ...]:
-    return (*super().caveats, FLOAT_NOISE_CAVEAT)
-
   def describe(self, num_values: int | None) -> dict[str, Any]:
     if num_values is None:
       return {}
@@ -157,8 +147,25 @@ class SparseVector(client_side.ClientSideMechanism):
       f'Laplace scale 2cγ/ε3 = {b.release_scale:.6g}',
       f'  (γ = {self.clip_bound:g}; threshold τ = {self.threshold:g} does not '
       'enter ε)',
-      '  N sets c and the noise scales, not ε.',
     ]
+    try:
+      lattice = budget.sparse_vector_lattice(b, self.threshold)
+    except ValueError as e:
+      lines.append('  no exact lattice for these parameters:')
+      lines.append(f'    {e}')
+    else:
+      lines += [
+        f'  exact noise: lattice Δ = 2^{lattice.exponent}, values in '
+        f'[−G, G]·Δ, G = {lattice.bound:,};',
+        f'    discrete Laplace scales (lattice steps) a1 = '
+        f'{lattice.threshold_scale:,},',
+        f'    a2 = {lattice.query_scale:,}, a3 = {lattice.release_scale:,}',
+        f'  spent exactly: G/a1 + 2cG/a2 = '
+        f'{lattice.threshold_epsilon + lattice.query_epsilon:.6g} <= ε, '
+        f'2cG/a3 = {lattice.release_epsilon:.6g} <= ε3',
+        '  (pure ε-DP on the lattice, no floating-point caveat)',
+      ]
+    lines.append('  N sets c and the noise scales, not ε.')
     return lines
 
   @classmethod

@@ -1,4 +1,4 @@
-"""The sparse vector technique (SVT) over a model update, vectorised.
+"""The sparse vector technique (SVT) over a model update, exactly, on integers.
 
 Lyu, Su & Li 2017, "Understanding the Sparse Vector Technique for
 Differential Privacy" (VLDB), Algorithm 1 with numeric answers, as used
@@ -8,50 +8,43 @@ Segmentation". On w = ΔW / n clipped to [-γ, γ]^N, with c = ⌈q·N⌉:
 * budgets: ε1 = ε / (1 + (2c)^(2/3)) for the threshold, ε2 = ε - ε1 for
   the queries (the split Lyu et al. recommend for non-monotonic queries;
   computed in `budget`, the one place planning reads too);
-* ρ ~ Lap(γ/ε1), drawn once per call; the noisy threshold is τ + ρ;
+* the lattice (`budget.sparse_vector_lattice`): Δ = 2^e with G = ⌊γ/Δ⌋ in
+  [2^16, 2^17); each w_i becomes the integer x_i = round(clip(w_i)/Δ) in
+  [-G, G] (a deterministic function of the client's own update), and τ
+  becomes T = round(τ/Δ);
+* ρ ~ DL(a1), a1 = ⌈G/ε1⌉, drawn once per call; the noisy threshold is
+  K = T + ρ;
 * coordinates are visited in a uniformly random order; coordinate i passes
-  when |w_i| + ν_i >= τ + ρ, ν_i ~ Lap(2cγ/ε2), fresh for each query;
-* a passing coordinate is released as clip(w_i + Lap(2cγ/ε3), -γ, γ)
-  (the clip is post-processing), times n;
+  when |x_i| + ν_i >= K, ν_i ~ DL(a2), a2 = ⌈2cG/ε2⌉, fresh for each query;
+* a passing coordinate is released as Δ·clip(x_i + η_i, -G, G),
+  η_i ~ DL(a3), a3 = ⌈2cG/ε3⌉, times n;
 * the scan stops at the c-th pass; everything not released is exactly 0.
 
-The release is (ε + ε3, 0)-DP in w: the query |w_i| has sensitivity γ,
-w_i has sensitivity 2γ, and all N values may change between neighbours
-(with n fixed: see `mechanisms`).
+DL(a) is the discrete Laplace distribution, P(k) ∝ exp(-|k|/a) on the
+integers, drawn exactly in integer arithmetic (`discrete`).
 
-How it is computed. The output has the distribution of the sequential
-algorithm above; only less is evaluated:
+The guarantee: one call is (ε + ε3, 0)-DP in w, with no floating-point
+caveat. Between neighbouring updates (any w, w' in [-γ, γ]^N, same n), |x_i|
+changes by at most G and x_i by at most 2G. Lyu et al.'s proof of
+Algorithm 1 only shifts the noise by these amounts (ρ by G, a passing
+query's ν_i by 2G) and bounds the density ratio of each shift; for integer
+shifts of DL(a) the ratio is at most exp(shift/a) exactly, so the
+threshold spends G/a1 <= ε1, the queries 2cG/a2 <= ε2 and the c released
+values c·2G/a3 <= ε3. The float32 release Δ·r·n is computed exactly from
+the integer r (Δ is a power of two, |r| <= 2^17) and then multiplied by n,
+which the server knows anyway: no float rounding depends on the noise and
+the input together, unlike float Laplace noise (Mironov 2012, "On
+significance of the least significant bits for differential privacy").
+The rest is exact too: the random order's first c passes are a uniformly
+random subset of the passes (`randomness.uniform_subset`, whose ties are
+redrawn). The one assumption is that the random bits are independent and
+uniform: Philox, keyed by a fresh 128-bit seed (`randomness`).
 
-1. Queries as probabilities. With S the survival function of
-   Lap(2cγ/ε2) and u_i ~ U(0, 1), ν_i := S⁻¹(u_i) is Laplace and the test
-   is u_i <= S(τ + ρ - |w_i|), in float64. As |w_i| ∈ [0, γ], u_i <
-   s_lo = S(τ + ρ) passes and u_i >= s_hi = S(τ + ρ - γ) fails whatever
-   w_i; only u_i in between (a fraction of at most ε2 / (4c)) needs w_i.
-2. The stop as a subset. Given the set P of passing coordinates, the first
-   c passes of a uniformly random order are a uniformly random subset of P
-   of size min(c, |P|) (`randomness.uniform_subset`).
-3. Lazy visiting. The scan first visits a random prefix of the order,
-   taken as a Bernoulli(κ) subset A of the coordinates (data-independent,
-   all subsets of a size equally likely). Its sure passes (u_i < s_lo) are
-   a Bernoulli(κ·s_lo) subset and its undecided coordinates a Bernoulli
-   (κ·(s_hi - s_lo)) subset disjoint from it, both drawn directly by
-   geometric gaps; its sure failures are never materialised. κ is chosen
-   from s_lo so that A holds fewer than c passes with probability below
-   1e-12; then the scan stops inside A. Otherwise it continues over the
-   unvisited coordinates (each coordinate outside the drawn sets is in A,
-   having failed, with probability κ(1 - s_hi) / (1 - κ·s_hi)), keeps all
-   of A's passes and adds a uniformly random subset of the others'. When
-   κ >= 1/2 every coordinate is queried at once instead. Any κ in (0, 1]
-   gives the same output distribution.
-4. Released values: |Lap(b)| >= 2γ when its uniform lies far enough from
-   1/2, and the release is then ±γ whatever w_i, so the 23-bit cell of
-   the uniform settles most of them; the others draw the remaining bits
-   (`randomness.refine`). Every released value carries its own noise.
-
-Exactness. The prefix's two sets are drawn with a budget of gaps; if a
-budget is exceeded (probability below 1.3e-14 each) the call queries every
-coordinate afresh instead, so the output law is within 2.6e-14 in total
-variation of the sequential algorithm's. Floating point: see `randomness`.
+How it is computed, fast: every coordinate is queried at once. One 32-bit
+word per query settles it unless its uniform falls within a fraction of
+about |K|/a2 of the boundary (`discrete.signed_tail`); only those
+coordinates read their value. Likewise each release is ±G from one word,
+except a fraction of about 2G/a3 = ε3/c, which draw their noise exactly.
 
 Unlike NVFlare's `SVTPrivacy` (issues #343, #1214, #4470), no value is
 released without its noise, the released coordinates are distinct (a
@@ -64,12 +57,17 @@ from __future__ import annotations
 import tensorflow as tf
 
 from tff_brats.privacy import budget
+from tff_brats.privacy import discrete
 from tff_brats.privacy import randomness
+
+# Plain TensorFlow (explicit tf.cond/tf.while_loop): no AutoGraph rewrite.
+_plain = tf.autograph.experimental.do_not_convert
 
 # Above this prefix fraction, querying every coordinate at once is cheaper.
 _MAX_PREFIX_FRACTION = 0.5
 
 
+@_plain
 def sparse_vector(
   update: tf.Tensor,
   steps: tf.Tensor | None,
@@ -80,6 +78,7 @@ def sparse_vector(
   selection_epsilon: float,
   release_epsilon: float,
   seed: tf.Tensor,
+  resolution_bits: int = budget.RESOLUTION_BITS,
   prefix_fraction: float | None = None,
 ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
   """Runs the SVT on a flat update (see the module docstring).
@@ -94,16 +93,18 @@ def sparse_vector(
     selection_epsilon: ε > 0, for the threshold and the queries.
     release_epsilon: ε3 > 0, for the released values.
     seed: `[2]` int64 seed of this call.
-    prefix_fraction: For tests: the fraction κ of the first visited prefix
+    resolution_bits: g: the lattice has G in [2^g, 2^(g+1)) steps per γ
+      (tests use coarse lattices, where every path runs often).
+    prefix_fraction: For tests: the fraction κ of the order queried first
       instead of the automatic choice (1 queries everything at once). The
       output distribution is the same for every κ in (0, 1].
 
   Returns:
     `(release, stats)`: float32 `[N]` with at most c non-zero values (the
-    released ones, in [-nγ, nγ]), and scalar tensors `released` (int32),
-    `noisy_threshold` (float32 τ + ρ) and `passed` (int32: the tests
-    passed among the coordinates this call visited; more than `released`
-    means the scan stopped at the c-th pass).
+    released ones, multiples of n·Δ in [-nγ, nγ]), and scalar tensors
+    `released` (int32), `noisy_threshold` (float32 (T + ρ)·Δ) and `passed`
+    (int32: the tests passed; more than `released` means the scan stopped
+    at the c-th pass).
   """
   size = update.shape[0]
   scales = budget.sparse_vector_budget(
@@ -112,35 +113,32 @@ def sparse_vector(
     selection_epsilon=selection_epsilon,
     release_epsilon=release_epsilon,
   )
-  rho = randomness.laplace(
+  lattice = budget.sparse_vector_lattice(scales, threshold, resolution_bits)
+  values = _Lattice(update, steps, lattice)
+  rho = discrete.discrete_laplace(
     [],
-    scales.threshold_scale,
+    lattice.threshold_scale,
     randomness.substream(seed, randomness.THRESHOLD_STREAM),
   )
-  noisy_threshold = tf.constant(threshold, tf.float64) + rho
-  queries = _Queries(
-    update, steps, noisy_threshold, clip_bound, scales.query_scale
-  )
-  scan = _Scan(queries, shared_count, seed)
+  noisy_threshold = tf.constant(lattice.threshold, tf.int64) + rho
+  scan = _Scan(values, noisy_threshold, lattice, size, shared_count, seed)
   if prefix_fraction is None:
-    kappa = randomness.chunk_probability(shared_count, size, queries.low)
-    selected, passed = tf.cond(
-      kappa < _MAX_PREFIX_FRACTION,
-      lambda: scan.prefix_first(kappa),
-      scan.everything,
+    kappa = randomness.chunk_probability(
+      shared_count, size, scan.least_pass_probability()
     )
-  elif prefix_fraction >= 1.0:
-    selected, passed = scan.everything()
   else:
-    selected, passed = scan.prefix_first(
-      tf.constant(prefix_fraction, tf.float64)
-    )
-  noisy = _release(
-    queries.normalized(tf.gather(update, selected)),
-    clip_bound,
-    scales.release_scale,
+    kappa = tf.constant(min(float(prefix_fraction), 1.0), tf.float64)
+  selected, passed = scan.run(kappa)
+  released = _release(
+    values.at(selected),
+    lattice,
     randomness.substream(seed, randomness.RELEASE_STREAM),
   )
+  # Exact: |r| <= 2^17 < 2^24 and Δ is a power of two.
+  if lattice.exponent >= -126:
+    noisy = tf.cast(released, tf.float32) * lattice.spacing
+  else:
+    noisy = tf.cast(tf.cast(released, tf.float64) * lattice.spacing, tf.float32)
   if steps is not None:
     noisy = noisy * steps
   release = tf.raw_ops.SparseToDense(
@@ -152,223 +150,287 @@ def sparse_vector(
   )
   stats = {
     'released': tf.size(selected, out_type=tf.int32),
-    'noisy_threshold': tf.cast(noisy_threshold, tf.float32),
+    'noisy_threshold': tf.cast(
+      tf.cast(noisy_threshold, tf.float64) * lattice.spacing, tf.float32
+    ),
     'passed': tf.cast(passed, tf.int32),
   }
   return release, stats
 
 
-class _Queries:
-  """The threshold tests u_i <= S(τ + ρ - |clip(w_i)|), u_i ~ U(0, 1)."""
-
-  def __init__(self, update, steps, noisy_threshold, clip_bound, scale):
-    self.update = update
-    self.size = update.shape[0]
-    self.steps = steps
-    self.noisy_threshold = noisy_threshold
-    self.clip_bound = clip_bound
-    self.scale = scale
-    # Pass probabilities of |clip(w_i)| = 0 and = γ.
-    self.low = randomness.laplace_survival(noisy_threshold, scale)
-    self.high = randomness.laplace_survival(noisy_threshold - clip_bound, scale)
-
-  def normalized(self, values: tf.Tensor) -> tf.Tensor:
-    """w = ΔW / n (or ΔW), NaN as 0."""
-    values = tf.where(tf.math.is_nan(values), tf.zeros_like(values), values)
-    return values if self.steps is None else values / self.steps
-
-  def probability(self, positions: tf.Tensor) -> tf.Tensor:
-    """S(τ + ρ - |clip(w_i)|) at the given positions, float64."""
-    magnitude = tf.minimum(
-      tf.abs(self.normalized(tf.gather(self.update, positions))),
-      self.clip_bound,
-    )
-    return randomness.laplace_survival(
-      self.noisy_threshold - tf.cast(magnitude, tf.float64), self.scale
-    )
-
-  def passes_all(self, seed: tf.Tensor) -> tf.Tensor:
-    """One fresh query per coordinate, bool `[N]`.
-
-    The 23-bit cell of u_i settles the test unless it straddles
-    [s_lo, s_hi]; only those coordinates read w_i and more bits.
-    """
-    u = randomness.coarse_uniform([self.size], randomness.substream(seed, 0))
-    passing = u < randomness.cells_below(self.low)
-    undecided = tf.logical_and(
-      tf.logical_not(passing), u < randomness.cells_from(self.high)
-    )
-
-    def decide():
-      positions = tf.where(undecided)
-      u_fine = randomness.refine(
-        tf.gather_nd(u, positions), randomness.substream(seed, 1)
-      )
-      passed = u_fine <= self.probability(positions[:, 0])
-      return tf.tensor_scatter_nd_update(passing, positions, passed)
-
-    return tf.cond(tf.reduce_any(undecided), decide, lambda: passing)
-
-
 class _Scan:
-  """Visits coordinates and collects the selected (released) positions."""
+  """Queries coordinates in a uniformly random order; keeps the first c passes.
 
-  def __init__(self, queries: _Queries, shared_count: int, seed: tf.Tensor):
-    self.queries = queries
-    self.count = shared_count
+  Within a set of coordinates visited together, the order is that of
+  independent uniform keys (a 32-bit word each, refined by fresh bits where
+  words tie): its first passes are the passing coordinates with the
+  smallest keys.
+  """
+
+  def __init__(self, values, noisy_threshold, lattice, size, count, seed):
+    self.values = values
+    self.noisy_threshold = noisy_threshold
+    self.bound = tf.constant(lattice.bound, tf.int64)
+    self.scale = lattice.query_scale
+    self.size = size
+    self.count = count
     self.seed = seed
 
-  def everything(self):
-    """Queries every coordinate; keeps a random min(c, passes)-subset."""
-    return self._scan_rest(
-      tf.zeros([0], tf.int64),
-      None,
-      randomness.QUERY_STREAM,
-      randomness.ORDER_STREAM,
+  def least_pass_probability(self) -> tf.Tensor:
+    """P(ν >= K), the pass probability of x = 0 (only sizes the prefix)."""
+    k = tf.cast(self.noisy_threshold, tf.float64)
+    q = tf.exp(-1.0 / tf.constant(self.scale, tf.float64))
+    upper = tf.exp(-tf.abs(k) / self.scale) / (1.0 + q)
+    return tf.where(k >= 1.0, upper, 1.0 - q * upper)
+
+  def _query(self, positions, stream):
+    """Query results at `positions` (int64, global), and order keys."""
+    k_max = self.noisy_threshold
+
+    # Query i passes when ν_i >= k_i = K - |x_i|: with ν_i = ±X, when
+    # X >= k_i (sign +), or when 1 <= X < 1 - k_i (sign -; X = 0 is
+    # redrawn).
+    def points(local, negative):
+      k = k_max - tf.abs(self.values.at(tf.gather(positions, local)))
+      return tf.where(negative, tf.maximum(1 - k, 1), k)
+
+    tail = discrete.signed_tail(
+      tf.size(positions),
+      self.scale,
+      (tf.maximum(k_max, 0), tf.maximum(1 - k_max + self.bound, 1)),
+      points,
+      randomness.substream(self.seed, stream),
+      positive_values=False,
     )
-
-  def prefix_first(self, kappa: tf.Tensor):
-    """Visits a Bernoulli(κ) prefix first (falls back to `everything`)."""
-    q = self.queries
-    size = q.size
-    sure, sure_complete = randomness.bernoulli_positions(
-      size,
-      kappa * q.low,
-      randomness.substream(self.seed, randomness.CHUNK_STREAM),
+    passes = tf.tensor_scatter_nd_update(
+      tf.logical_and(tail.settled, tf.logical_not(tail.negative)),
+      tail.positions[:, None],
+      tf.not_equal(tail.sub_negative, tail.sub_beyond),
     )
-    # Undecided coordinates, disjoint from the sure passes: a Bernoulli(π)
-    # subset minus `sure` has inclusion probability π(1 - κ·s_lo).
-    maybe, maybe_complete = randomness.bernoulli_positions(
-      size,
-      kappa * (q.high - q.low) / (1.0 - kappa * q.low),
-      randomness.substream(self.seed, randomness.UNDECIDED_STREAM),
-    )
-    maybe = _difference(maybe, sure)
-    complete = tf.logical_and(sure_complete, maybe_complete)
+    # The order keys: 8 bits of each query's word that nothing else reads.
+    return passes, tail.spare
 
-    def in_prefix():
-      # u_i is uniform on [s_lo, s_hi) for an undecided coordinate.
-      v = randomness.open_uniform(
-        tf.shape(maybe),
-        randomness.substream(self.seed, randomness.QUERY_STREAM),
-      )
-      u = q.low + (q.high - q.low) * v
-      passing = tf.concat(
-        [sure, tf.boolean_mask(maybe, u <= q.probability(maybe))], axis=0
-      )
-      num_passing = tf.size(passing, out_type=tf.int64)
+  def run(self, kappa):
+    """Visits a prefix, then (if it held fewer than c passes) the rest.
 
-      def stop():
-        keep = randomness.uniform_subset(
-          num_passing,
-          self.count,
-          randomness.substream(self.seed, randomness.ORDER_STREAM),
-        )
-        return tf.boolean_mask(passing, keep), num_passing
-
-      def go_on():
-        return self._scan_rest(
-          passing,
-          (tf.concat([sure, maybe], axis=0), kappa),
-          randomness.REST_QUERY_STREAM,
-          randomness.REST_ORDER_STREAM,
-        )
-
-      return tf.cond(num_passing >= self.count, stop, go_on)
-
-    return tf.cond(complete, in_prefix, self.everything)
-
-  def _scan_rest(self, kept, prefix, query_stream, order_stream):
-    """Keeps `kept` and queries the coordinates the prefix did not visit.
-
-    Args:
-      kept: Positions already passed (in the prefix), all kept.
-      prefix: None (nothing visited yet) or `(drawn, κ)`: the positions of
-        the prefix's sure passes and undecided coordinates, and κ. Every
-        other coordinate was visited (and failed) with probability
-        κ(1 - s_hi) / (1 - κ·s_hi).
-      query_stream: Stream of the fresh queries.
-      order_stream: Stream of the random subset.
+    The prefix is everything when κ >= 1/2, else an i.i.d. Bernoulli(κ')
+    subset, κ' = ⌈256κ⌉/256 >= κ, drawn from one byte per coordinate. Any
+    data-independent prefix whose law is exchangeable, visited in a
+    uniformly random order and followed by the rest in a uniformly random
+    order, makes the whole order uniformly random; so every κ gives the
+    same output law. One pass of the loop visits one of the two sets.
 
     Returns:
-      `(selected, passed)`: selected positions (int64) and passes.
+      `(selected, passed)`: int64 positions and the number of passes.
     """
-    q = self.queries
-    passes = q.passes_all(randomness.substream(self.seed, query_stream))
-    if prefix is not None:
-      visit_stream = randomness.REST_VISIT_STREAM
-      drawn, kappa = prefix
-      visited_failed = kappa * (1.0 - q.high) / (1.0 - kappa * q.high)
-      z = randomness.open_uniform(
-        [q.size], randomness.substream(self.seed, visit_stream)
-      )
-      unvisited = tf.logical_and(
-        z >= visited_failed,
-        tf.logical_not(_mask(drawn, q.size)),
-      )
-      passes = tf.logical_and(passes, unvisited)
-    rest = tf.where(passes)[:, 0]
-    num_kept = tf.size(kept, out_type=tf.int64)
-    num_rest = tf.size(rest, out_type=tf.int64)
-    keep = randomness.uniform_subset(
-      num_rest,
-      self.count - num_kept,
-      randomness.substream(self.seed, order_stream),
+    everything = kappa >= _MAX_PREFIX_FRACTION
+    in_prefix = tf.cond(
+      everything,
+      lambda: tf.ones([self.size], bool),
+      lambda: self._members(kappa),
     )
-    selected = tf.concat([kept, tf.boolean_mask(rest, keep)], axis=0)
-    return selected, num_kept + num_rest
+
+    def visited(stage):
+      def prefix():
+        return tf.cond(
+          everything,
+          lambda: tf.range(self.size, dtype=tf.int64),
+          lambda: _where(in_prefix),
+        )
+
+      return tf.cond(
+        tf.equal(stage, 0),
+        prefix,
+        lambda: _where(tf.logical_not(in_prefix)),
+      )
+
+    def body(stage, kept, passed, done):
+      positions = visited(stage)
+      query_stream = tf.where(
+        tf.equal(stage, 0),
+        tf.constant(randomness.QUERY_STREAM, tf.int64),
+        tf.constant(randomness.REST_QUERY_STREAM, tf.int64),
+      )
+      passes, keys = self._query(positions, query_stream)
+      num_passing = tf.reduce_sum(tf.cast(passes, tf.int64))
+      needed = self.count - tf.size(kept, out_type=tf.int64)
+      local = tf.cond(
+        num_passing <= needed,
+        lambda: _where(passes),
+        lambda: _smallest_keys(
+          passes,
+          keys,
+          num_passing,
+          needed,
+          randomness.substream(
+            self.seed,
+            tf.where(
+              tf.equal(stage, 0),
+              tf.constant(randomness.REST_ORDER_STREAM, tf.int64),
+              tf.constant(randomness.REST_VISIT_STREAM, tf.int64),
+            ),
+          ),
+        ),
+      )
+      chosen = tf.cond(
+        everything, lambda: local, lambda: tf.gather(positions, local)
+      )
+      done = tf.logical_or(
+        num_passing >= needed, tf.logical_or(everything, stage > 0)
+      )
+      return (
+        stage + 1,
+        tf.concat([kept, chosen], axis=0),
+        passed + num_passing,
+        done,
+      )
+
+    _, kept, passed, _ = tf.while_loop(
+      lambda stage, kept, passed, done: tf.logical_not(done),
+      body,
+      (
+        tf.constant(0, tf.int64),
+        tf.zeros([0], tf.int64),
+        tf.constant(0, tf.int64),
+        tf.constant(False),
+      ),
+      shape_invariants=(
+        tf.TensorShape([]),
+        tf.TensorShape([None]),
+        tf.TensorShape([]),
+        tf.TensorShape([]),
+      ),
+      parallel_iterations=1,
+    )
+    return kept, passed
+
+  def _members(self, kappa):
+    """An i.i.d. Bernoulli(⌈256κ⌉/256) mask, one random byte per coordinate."""
+    words = tf.random.stateless_uniform(
+      [-(-self.size // 4)],
+      randomness.substream(self.seed, randomness.CHUNK_STREAM),
+      minval=None,
+      maxval=None,
+      dtype=tf.int32,
+    )
+    octets = tf.reshape(tf.bitcast(words, tf.uint8), [-1])[: self.size]
+    level = tf.cast(tf.math.ceil(tf.minimum(kappa, 0.5) * 256.0), tf.uint8)
+    return octets < level
 
 
-def _release(values, clip_bound, scale, seed):
-  """clip(clip(w) + Lap(scale), -γ, γ) as float32, for each value.
+_KEY_VALUES = 256  # order keys are uniform on {0, …, 255}
 
-  With u the Laplace draw's uniform (`randomness.laplace_from_uniform`),
-  |Lap| >= 2γ when |u - 1/2| >= (1 - exp(-2γ/scale)) / 2, and the release
-  is then ±γ whatever w: the 23-bit cell of u settles most values, the
-  others are completed to the full float64 draw.
+
+@_plain
+def _smallest_keys(candidates, keys, num_candidates, count, seed):
+  """Positions of the `count` candidates with the smallest keys.
+
+  Candidates are a bool mask; keys are independent uniform 8-bit integers
+  (int32), refined by fresh 32-bit words where the order needs them
+  (`randomness.ordered_by`), so that every order of the candidates is
+  equally likely. A histogram of the candidates' keys gives the cut L:
+  every candidate with a key below L is among the first `count`, and the
+  rest are drawn from the candidates whose key is L, in refined order.
   """
-  u = randomness.coarse_uniform(tf.shape(values), randomness.substream(seed, 0))
-  half_width = -0.5 * tf.math.expm1(
-    tf.constant(-2.0 * clip_bound / scale, tf.float64)
+  count = tf.minimum(tf.cast(count, tf.int64), num_candidates)
+  # Non-candidates get key 256, after every candidate.
+  marked = tf.where(candidates, keys, _KEY_VALUES)
+  histogram = tf.math.bincount(
+    marked, minlength=_KEY_VALUES + 1, maxlength=_KEY_VALUES + 1, dtype=tf.int64
   )
-  high = u >= randomness.cells_from(0.5 + half_width)
-  low = u < randomness.cells_below(0.5 - half_width)
-  settled = tf.where(high, clip_bound, -clip_bound)
-  undecided = tf.logical_not(tf.logical_or(high, low))
+  below = tf.cumsum(histogram, exclusive=True)
+  # The largest L with at most `count` candidates below it (below is
+  # non-decreasing and below[0] = 0).
+  cut = tf.reduce_sum(tf.cast(below <= count, tf.int32)) - 1
+  missing = count - tf.gather(below, cut)
 
-  def complete():
-    positions = tf.where(undecided)
-    u_fine = randomness.refine(
-      tf.gather_nd(u, positions), randomness.substream(seed, 1)
+  def ranked():
+    positions = tf.where(tf.equal(marked, cut))[:, 0]
+    order = randomness.ordered_by(
+      tf.gather(keys, positions), randomness.substream(seed, 1)
     )
-    clipped = tf.clip_by_value(
-      tf.gather_nd(values, positions), -clip_bound, clip_bound
-    )
-    noisy = tf.cast(clipped, tf.float64) + randomness.laplace_from_uniform(
-      u_fine, scale
-    )
-    noisy = tf.cast(
-      tf.clip_by_value(noisy, -clip_bound, clip_bound), tf.float32
-    )
-    return tf.tensor_scatter_nd_update(settled, positions, noisy)
+    return tf.gather(positions, order[:missing])
 
-  return tf.cond(tf.reduce_any(undecided), complete, lambda: settled)
-
-
-def _difference(positions: tf.Tensor, remove: tf.Tensor) -> tf.Tensor:
-  """Sorted `positions` without those in sorted `remove`."""
-  # A sentinel above every position keeps the lookup in range.
-  remove = tf.concat([remove, [tf.int64.max]], axis=0)
-  found = tf.gather(remove, tf.searchsorted(remove, positions))
-  return tf.boolean_mask(positions, tf.not_equal(found, positions))
-
-
-def _mask(positions: tf.Tensor, size: int) -> tf.Tensor:
-  """bool `[size]`, True at `positions` (distinct int64)."""
-  return tf.raw_ops.SparseToDense(
-    sparse_indices=positions,
-    output_shape=tf.constant([size], tf.int64),
-    sparse_values=True,
-    default_value=False,
-    validate_indices=False,
+  return tf.concat(
+    [
+      _where(marked < cut),
+      tf.cond(missing > 0, ranked, lambda: tf.zeros([0], tf.int64)),
+    ],
+    axis=0,
   )
+
+
+@_plain
+def _where(mask: tf.Tensor, pieces: int = 2) -> tf.Tensor:
+  """`tf.where(mask)[:, 0]` for a 1-D mask, in pieces that run in parallel.
+
+  TensorFlow's CPU Where runs on one thread; large masks are split so that
+  the pieces use the inter-op threads.
+  """
+  static = mask.shape[0]
+  if static is not None and static < 2**20:
+    return tf.where(mask)[:, 0]
+  size = tf.size(mask, out_type=tf.int64)
+  step = (size + pieces - 1) // pieces
+  return tf.concat(
+    [
+      tf.where(mask[i * step : (i + 1) * step])[:, 0] + i * step
+      for i in range(pieces)
+    ],
+    axis=0,
+  )
+
+
+class _Lattice:
+  """The update's values as lattice integers, read where needed."""
+
+  def __init__(self, update, steps, lattice):
+    self.update = update
+    self.steps = steps
+    self.exponent = lattice.exponent
+    self.limit = tf.constant(lattice.bound * lattice.spacing, tf.float32)
+
+  def at(self, positions: tf.Tensor) -> tf.Tensor:
+    """x_i = round(clip(w_i, ±GΔ)/Δ) at `positions`, int64 (NaN as 0)."""
+    w = tf.gather(self.update, positions)
+    w = tf.where(tf.math.is_nan(w), tf.zeros_like(w), w)
+    if self.steps is not None:
+      w = w / self.steps
+    w = tf.clip_by_value(w, -self.limit, self.limit)
+    # Scaling by a power of two is exact (|w|/Δ <= G < 2^18).
+    if -self.exponent <= 127:
+      scaled = w * tf.constant(2.0 ** (-self.exponent), tf.float32)
+    else:
+      scaled = tf.cast(w, tf.float64) * 2.0 ** (-self.exponent)
+    return tf.cast(tf.round(scaled), tf.int64)
+
+
+@_plain
+def _release(x, lattice, seed):
+  """clip(x + η, -G, G) with η ~ DL(a3), for each integer x in [-G, G].
+
+  With η = ±X: sign +: G when X >= G - x, else x + X; sign -: -G when
+  X >= max(G + x, 1), else x - X (X = 0 is redrawn).
+  """
+  bound = tf.constant(lattice.bound, tf.int64)
+
+  def release_points(positions, negative):
+    value = tf.gather(x, positions)
+    return tf.where(negative, tf.maximum(bound + value, 1), bound - value)
+
+  tail = discrete.signed_tail(
+    tf.size(x),
+    lattice.release_scale,
+    (2 * bound, 2 * bound),
+    release_points,
+    seed,
+  )
+  saturated = tf.where(tail.negative, -bound, bound)
+  value = tf.gather(x, tail.positions)
+  sign = tail.sub_negative
+  inside = tf.where(
+    tail.sub_beyond,
+    tf.where(sign, -bound, bound),
+    tf.where(sign, value - tail.sub_below, value + tail.sub_below),
+  )
+  return tf.tensor_scatter_nd_update(saturated, tail.positions[:, None], inside)
