@@ -86,8 +86,12 @@ def _int64(value: Any) -> tf.Tensor:
 
 
 @_plain
-def _loop(cond: Callable, body: Callable, loop_vars: tuple) -> tuple:
-  return tf.while_loop(cond, body, loop_vars, parallel_iterations=1)
+def _loop(
+  cond: Callable, body: Callable, loop_vars: tuple, shapes: tuple | None = None
+) -> tuple:
+  return tf.while_loop(
+    cond, body, loop_vars, shape_invariants=shapes, parallel_iterations=1
+  )
 
 
 @_plain
@@ -174,12 +178,17 @@ def bernoulli_exp(
     bool tensor shaped like `m`.
   """
   m = tf.maximum(_int64(m), 0)
-  a = _int64(a) + tf.zeros_like(m)
+  shape = tf.shape(m)
+  a = tf.reshape(_int64(a) + tf.zeros_like(m), [-1])
+  m = tf.reshape(m, [-1])
   whole = tf.math.floordiv(m, a)
   fraction = m - whole * a
-  k = tf.ones_like(m) if first_k is None else _int64(first_k)
+  k = tf.ones_like(m) if first_k is None else tf.reshape(_int64(first_k), [-1])
 
-  def body(i, k, whole, active, result):
+  # Only the elements still running are carried (a shrinking list), and
+  # finished ones are collected and written once at the end: the work of
+  # a pass is proportional to the elements still in it.
+  def body(i, at, k, whole, fraction, a, done_at, done_value):
     stream = randomness.substream(seed, i)
     in_whole = whole > 0
     num = tf.where(in_whole, a, fraction)
@@ -187,37 +196,49 @@ def bernoulli_exp(
       bernoulli_rational(num, a, randomness.substream(stream, 1)),
       tf.equal(uniform_below(k, randomness.substream(stream, 2)), 0),
     )
-    ended = tf.logical_and(active, tf.logical_not(go_on))
+    ended = tf.logical_not(go_on)
     run_ok = tf.equal(tf.math.floormod(k, 2), 1)
     # A whole run that fails ends everything (False); one that succeeds
     # starts the next run; the fraction's run gives the result.
     finished = tf.logical_and(
       ended, tf.logical_or(tf.logical_not(in_whole), tf.logical_not(run_ok))
     )
-    result = tf.where(finished, run_ok, result)
+    done_at = done_at.write(tf.cast(i, tf.int32), tf.boolean_mask(at, finished))
+    done_value = done_value.write(
+      tf.cast(i, tf.int32), tf.boolean_mask(run_ok, finished)
+    )
     next_run = tf.logical_and(ended, tf.logical_not(finished))
     whole = tf.where(next_run, whole - 1, whole)
-    k = tf.where(next_run, tf.ones_like(k), tf.where(active, k + 1, k))
+    k = tf.where(next_run, tf.ones_like(k), k + 1)
+    going = tf.logical_not(finished)
     return (
       i + 1,
-      k,
-      whole,
-      tf.logical_and(active, tf.logical_not(finished)),
-      result,
+      *(tf.boolean_mask(t, going) for t in (at, k, whole, fraction, a)),
+      done_at,
+      done_value,
     )
 
-  _, _, _, _, result = _loop(
-    lambda i, k, whole, active, result: tf.reduce_any(active),
+  vector = tf.TensorShape([None])
+  pieces = dict(size=0, dynamic_size=True, infer_shape=False)
+  *_, done_at, done_value = _loop(
+    lambda i, at, *_: tf.size(at) > 0,
     body,
     (
       tf.constant(0, tf.int64),
+      tf.range(tf.size(m, out_type=tf.int64)),
       k,
       whole,
-      tf.ones(tf.shape(m), bool),
-      tf.zeros(tf.shape(m), bool),
+      fraction,
+      a,
+      tf.TensorArray(tf.int64, **pieces),
+      tf.TensorArray(tf.bool, **pieces),
     ),
+    (tf.TensorShape([]), vector, vector, vector, vector, vector, None, None),
   )
-  return result
+  result = tf.scatter_nd(
+    done_at.concat()[:, None], done_value.concat(), tf.shape(m, tf.int64)
+  )
+  return tf.reshape(result, shape)
 
 
 @_plain
@@ -236,36 +257,64 @@ def geometric(shape: Any, a: Any, seed: tf.Tensor) -> tf.Tensor:
     An int64 tensor.
   """
   a = _int64(a)
-  zeros = tf.zeros(shape, tf.int64)
+  size = tf.reduce_prod(_int64(shape))
+  vector = tf.TensorShape([None])
 
-  def body(i, u, v, phase):
-    # Phase 0: drawing U; phase 1: counting V; phase 2: done.
-    stream = randomness.substream(seed, i)
-    candidate = uniform_below(zeros + a, randomness.substream(stream, 1))
-    drawing = tf.equal(phase, 0)
-    m = tf.where(drawing, candidate, tf.ones_like(candidate))
-    scale = tf.where(drawing, zeros + a, tf.ones_like(candidate))
-    success = bernoulli_exp(m, scale, randomness.substream(stream, 2))
-    u = tf.where(tf.logical_and(drawing, success), candidate, u)
-    counting = tf.equal(phase, 1)
-    v = tf.where(tf.logical_and(counting, success), v + 1, v)
-    phase = tf.where(
-      tf.logical_and(drawing, success),
-      tf.ones_like(phase),
-      tf.where(
-        tf.logical_and(counting, tf.logical_not(success)),
-        2 * tf.ones_like(phase),
-        phase,
-      ),
+  pieces = dict(size=0, dynamic_size=True, infer_shape=False)
+  loop_shapes = (tf.TensorShape([]), vector, None, None)
+
+  # U: uniform in [0, a), accepted with probability exp(-U/a). Only the
+  # elements still drawing are carried; accepted ones are collected.
+  def draw_u(i, at, done_at, done_u):
+    stream = randomness.substream(randomness.substream(seed, 0), i)
+    candidate = uniform_below(
+      tf.fill(tf.shape(at), a), randomness.substream(stream, 1)
     )
-    return i + 1, u, v, phase
+    accepted = exp_bernoulli(candidate, a, randomness.substream(stream, 2))
+    slot = tf.cast(i, tf.int32)
+    done_at = done_at.write(slot, tf.boolean_mask(at, accepted))
+    done_u = done_u.write(slot, tf.boolean_mask(candidate, accepted))
+    return i + 1, tf.boolean_mask(at, tf.logical_not(accepted)), done_at, done_u
 
-  _, u, v, _ = _loop(
-    lambda i, u, v, phase: tf.reduce_any(phase < 2),
-    body,
-    (tf.constant(0, tf.int64), zeros, zeros, tf.zeros(shape, tf.int32)),
+  everyone = tf.range(size)
+  _, _, u_at, u_value = _loop(
+    lambda i, at, *_: tf.size(at) > 0,
+    draw_u,
+    (
+      tf.constant(0, tf.int64),
+      everyone,
+      tf.TensorArray(tf.int64, **pieces),
+      tf.TensorArray(tf.int64, **pieces),
+    ),
+    loop_shapes,
   )
-  return u + a * tf.minimum(v, _MAX_RUN)
+
+  # V: Bernoulli(exp(-1)) successes before the first failure; an element
+  # that fails its (j+1)-th draw has V = j.
+  def count_v(j, at, done_at, done_v):
+    stream = randomness.substream(randomness.substream(seed, 1), j)
+    success = bernoulli_exp(tf.ones(tf.shape(at), tf.int64), 1, stream)
+    failed = tf.boolean_mask(at, tf.logical_not(success))
+    slot = tf.cast(j, tf.int32)
+    done_at = done_at.write(slot, failed)
+    done_v = done_v.write(slot, tf.fill(tf.shape(failed), j))
+    return j + 1, tf.boolean_mask(at, success), done_at, done_v
+
+  _, _, v_at, v_value = _loop(
+    lambda j, at, *_: tf.size(at) > 0,
+    count_v,
+    (
+      tf.constant(0, tf.int64),
+      everyone,
+      tf.TensorArray(tf.int64, **pieces),
+      tf.TensorArray(tf.int64, **pieces),
+    ),
+    loop_shapes,
+  )
+  total = tf.reshape(size, [1])
+  u = tf.scatter_nd(u_at.concat()[:, None], u_value.concat(), total)
+  v = tf.scatter_nd(v_at.concat()[:, None], v_value.concat(), total)
+  return tf.reshape(u + a * tf.minimum(v, _MAX_RUN), shape)
 
 
 @_plain
