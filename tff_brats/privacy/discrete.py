@@ -18,33 +18,43 @@ The building blocks, after Canonne, Kamath & Steinke (CKS):
 
 * `uniform_below(n)`: uniform on {0, …, n - 1}: 62 random bits, rejected
   when they fall in the incomplete last block of n values (probability
-  below n / 2**62), else reduced mod n.
+  below n / 2**62; only those elements draw again), else reduced mod n.
+* Bernoulli(exp(-1)) (`_exp_one`): CKS Algorithm 1 with γ = 1 (K = 1;
+  while Bernoulli(1/K): K += 1; return K odd). Its steps 2 to 7 come from
+  one z uniform in [0, 7!): the mixed-radix digits ⌊z/(j-1)!⌋ mod j are
+  independent and uniform on [0, j), and step j succeeds when its digit is
+  0, so the run stops at the least j with z mod j! != 0, a table look-up;
+  z = 0 (probability 1/5040) continues from K = 8.
 * `bernoulli_exp(m, a)`: Bernoulli(exp(-m/a)) for integers m >= 0: the
-  whole part as ⌊m/a⌋ Bernoulli(exp(-1)) draws, the fraction γ = (m mod a)/a
-  by CKS Algorithm 1 (K = 1; while Bernoulli(γ/K): K += 1; return K odd),
-  where Bernoulli(γ/K) = Bernoulli(γ) ∧ Bernoulli(1/K), both rational.
+  whole part as ⌊m/a⌋ Bernoulli(exp(-1)) draws (`_runs`, stopping at the
+  first failure), the fraction γ = (m mod a)/a by CKS Algorithm 1, where
+  step K is Bernoulli(γ/K) = Bernoulli((m mod a)/(a·K)), rational.
 * X ~ Geometric: P(X >= m) = q^m, so "X >= m" is `bernoulli_exp(m, a)`, and
   X is memoryless: X - m given X >= m is again geometric.
-* `truncated_geometric(m, a)`: X given X < m.
 * `geometric(a)`: CKS Algorithm 2 (U uniform in {0, …, a - 1} accepted with
   probability exp(-U/a), V the number of Bernoulli(exp(-1)) successes before
   the first failure, X = U + a·V).
+* `truncated_geometric(m, a)`: X given X < m, by rejection from CKS
+  Algorithm 2's candidates.
 * `discrete_laplace(a)`: a fair sign bit B and X ~ Geometric, (B = 1, X = 0)
   rejected; the value is (1 - 2B)·X.
 
 `signed_tail` is the vectorised form the SVT needs for millions of values
 at once: for each element, ν ~ DL(a) as (B, X), whether X >= m_B for
 per-element integers m_0, m_1, and X itself when it is smaller. One 32-bit
-word per element settles almost every element: its top bit is B and its
-low 23 bits are the first bits R of the uniform of the first step of
-CKS Algorithm 1 for exp(-m/a), which ends there ("X >= m") when that
-uniform is at least m/a, certainly so when R >= ⌈m_max·2**23 / a⌉ for the
-largest m of the element's sign. The other 8 bits are left to the caller. The few other elements (a fraction of
-about m_max/a) continue the same algorithm exactly from R.
+word per element settles most elements when every m is below a: its top
+bit is B and its low 23 bits are the first bits R of the uniform of the
+first step of CKS Algorithm 1 for exp(-m/a), which ends there ("X >= m")
+when that uniform is at least m/a, certainly so when R >= ⌈m_max·2**23 / a⌉
+for the largest m of the element's sign. The other 8 bits are left to the
+caller. The other elements continue the same algorithm exactly from R
+where m < a; where m >= a (R then carries no information), they draw X
+itself, or, when X is not wanted, [X >= 1] and then [X >= m] given it.
 
-Loops are `tf.while_loop`s over masks: each iteration draws for every
-element still undecided, from its own stream (`randomness.substream` of the
-iteration). Every loop ends with probability 1 and after few iterations in
+Loops are `tf.while_loop`s over shrinking lists (`_per_element`): each
+iteration draws for every element still undecided, from its own stream
+(`randomness.substream` of the iteration), and carries on only those still
+undecided. Every loop ends with probability 1 and after few iterations in
 expectation. Integer ranges: scales up to `MAX_SCALE` = 2**48 and
 comparison points up to 2**62 keep every product within int64; a
 geometric value overflows only if more than 2**13 successive
