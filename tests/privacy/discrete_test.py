@@ -74,7 +74,47 @@ def test_first_step_cut_by_hand():
   )
 
 
+def test_exp_one_table_by_hand():
+  # z in [0, 7!): the run stops at the least j >= 2 with z mod j! != 0 and
+  # succeeds when j is odd. z = 1: j = 2 (fails); z = 2: j = 3; z = 6:
+  # j = 4; z = 24: j = 5; z = 120: j = 6; z = 720: j = 7; z = 0 goes on.
+  table = discrete._EXP_ONE
+  assert len(table) == 5040
+  assert [table[z] for z in (0, 1, 2, 6, 24, 120, 720)] == [
+    False,
+    False,
+    True,
+    False,
+    True,
+    False,
+    True,
+  ]
+  # Stops at j: 7!/(j-1)! - 7!/j! values of z; odd j = 3, 5, 7:
+  # (2520 - 840) + (210 - 42) + (7 - 1) = 1854.
+  assert sum(table) == 1854
+
+
+def test_samplers_take_empty_inputs():
+  empty = tf.zeros([0], tf.int64)
+  for result in (
+    _graph(discrete.bernoulli_exp, empty, 3, _SEED),
+    _graph(discrete.truncated_geometric, empty, 3, _SEED),
+    _graph(discrete.geometric, [0], 3, _SEED),
+    _graph(discrete.uniform_below, empty, _SEED),
+  ):
+    assert result.shape == (0,)
+
+
 # ------------------------------------------------------------- the laws ----
+
+
+def test_runs_law():
+  # min(V, 4) with P(V >= v) = e^-v: P(v) = e^-v - e^-(v+1) below 4.
+  values = _graph(
+    discrete._runs, tf.fill([60_000], tf.constant(4, tf.int64)), _SEED
+  ).numpy()
+  pmf = [math.exp(-v) - math.exp(-v - 1) for v in range(4)] + [math.exp(-4)]
+  assert _chisquare(np.bincount(values, minlength=5), pmf).pvalue > _P_MIN
 
 
 def test_uniform_below_is_uniform():
@@ -193,7 +233,8 @@ def test_discrete_laplace_law():
 
 
 @pytest.mark.parametrize('m0,m1', [(3, 1), (0, 4), (7, 9)])
-def test_signed_tail_has_the_discrete_laplace_law(m0, m1):
+@pytest.mark.parametrize('positive_values', [True, False])
+def test_signed_tail_has_the_discrete_laplace_law(m0, m1, positive_values):
   # (B, [X >= m_B], X where smaller) against DL(a) = (1 - 2B)·X with
   # (B = 1, X = 0) rejected: P(B = 0, X = x) ∝ q^x, P(B = 1, X = x) ∝ q^x
   # for x >= 1. Cells: (sign, X) for X < m_B, and (sign, beyond).
@@ -214,6 +255,7 @@ def test_signed_tail_has_the_discrete_laplace_law(m0, m1):
     (tf.constant(m0, tf.int64), tf.constant(m1, tf.int64)),
     m_at,
     _SEED,
+    positive_values=positive_values,
   )
   negative = tail.negative.numpy().copy()
   beyond = tail.settled.numpy().copy()
@@ -222,16 +264,27 @@ def test_signed_tail_has_the_discrete_laplace_law(m0, m1):
   negative[positions] = tail.sub_negative.numpy()
   beyond[positions] = tail.sub_beyond.numpy()
   below[positions] = tail.sub_below.numpy()
-  # Settled elements are beyond; a negative X < m1 is never 0.
-  assert not np.any(negative & ~beyond & (below == 0))
-  cells, probabilities = [], []
   norm = (1 + q) / (1 - q)  # Σ_k q^|k| over the integers
-  for sign, m in ((0, m0), (1, m1)):
-    first = 1 if sign else 0
-    for x in range(first, m):
-      cells.append(np.sum((negative == sign) & ~beyond & (below == x)))
-      probabilities.append(q**x / norm)
-    cells.append(np.sum((negative == sign) & beyond))
-    probabilities.append(q ** max(m, first) / (1 - q) / norm)
+  cells, probabilities = [], []
+  if positive_values:
+    # Settled elements are beyond; a negative X < m1 is never 0.
+    assert not np.any(negative & ~beyond & (below == 0))
+    for sign, m in ((0, m0), (1, m1)):
+      first = 1 if sign else 0
+      for x in range(first, m):
+        cells.append(np.sum((negative == sign) & ~beyond & (below == x)))
+        probabilities.append(q**x / norm)
+      cells.append(np.sum((negative == sign) & beyond))
+      probabilities.append(q ** max(m, first) / (1 - q) / norm)
+  else:
+    # Only (B, [X >= m_B]); X is not drawn (where m_B >= a) or not kept.
+    for sign, m in ((0, m0), (1, m1)):
+      first = 1 if sign else 0
+      tail = q ** max(m, first) / (1 - q) / norm
+      cells += [
+        np.sum((negative == sign) & ~beyond),
+        np.sum((negative == sign) & beyond),
+      ]
+      probabilities += [q**first / (1 - q) / norm - tail, tail]
   assert sum(cells) == size
   assert _chisquare(cells, probabilities).pvalue > _P_MIN

@@ -18,33 +18,43 @@ The building blocks, after Canonne, Kamath & Steinke (CKS):
 
 * `uniform_below(n)`: uniform on {0, …, n - 1}: 62 random bits, rejected
   when they fall in the incomplete last block of n values (probability
-  below n / 2**62), else reduced mod n.
+  below n / 2**62; only those elements draw again), else reduced mod n.
+* Bernoulli(exp(-1)) (`_exp_one`): CKS Algorithm 1 with γ = 1 (K = 1;
+  while Bernoulli(1/K): K += 1; return K odd). Its steps 2 to 7 come from
+  one z uniform in [0, 7!): the mixed-radix digits ⌊z/(j-1)!⌋ mod j are
+  independent and uniform on [0, j), and step j succeeds when its digit is
+  0, so the run stops at the least j with z mod j! != 0, a table look-up;
+  z = 0 (probability 1/5040) continues from K = 8.
 * `bernoulli_exp(m, a)`: Bernoulli(exp(-m/a)) for integers m >= 0: the
-  whole part as ⌊m/a⌋ Bernoulli(exp(-1)) draws, the fraction γ = (m mod a)/a
-  by CKS Algorithm 1 (K = 1; while Bernoulli(γ/K): K += 1; return K odd),
-  where Bernoulli(γ/K) = Bernoulli(γ) ∧ Bernoulli(1/K), both rational.
+  whole part as ⌊m/a⌋ Bernoulli(exp(-1)) draws (`_runs`, stopping at the
+  first failure), the fraction γ = (m mod a)/a by CKS Algorithm 1, where
+  step K is Bernoulli(γ/K) = Bernoulli((m mod a)/(a·K)), rational.
 * X ~ Geometric: P(X >= m) = q^m, so "X >= m" is `bernoulli_exp(m, a)`, and
   X is memoryless: X - m given X >= m is again geometric.
-* `truncated_geometric(m, a)`: X given X < m.
 * `geometric(a)`: CKS Algorithm 2 (U uniform in {0, …, a - 1} accepted with
   probability exp(-U/a), V the number of Bernoulli(exp(-1)) successes before
   the first failure, X = U + a·V).
+* `truncated_geometric(m, a)`: X given X < m, by rejection from CKS
+  Algorithm 2's candidates.
 * `discrete_laplace(a)`: a fair sign bit B and X ~ Geometric, (B = 1, X = 0)
   rejected; the value is (1 - 2B)·X.
 
 `signed_tail` is the vectorised form the SVT needs for millions of values
 at once: for each element, ν ~ DL(a) as (B, X), whether X >= m_B for
 per-element integers m_0, m_1, and X itself when it is smaller. One 32-bit
-word per element settles almost every element: its top bit is B and its
-low 23 bits are the first bits R of the uniform of the first step of
-CKS Algorithm 1 for exp(-m/a), which ends there ("X >= m") when that
-uniform is at least m/a, certainly so when R >= ⌈m_max·2**23 / a⌉ for the
-largest m of the element's sign. The other 8 bits are left to the caller. The few other elements (a fraction of
-about m_max/a) continue the same algorithm exactly from R.
+word per element settles most elements when every m is below a: its top
+bit is B and its low 23 bits are the first bits R of the uniform of the
+first step of CKS Algorithm 1 for exp(-m/a), which ends there ("X >= m")
+when that uniform is at least m/a, certainly so when R >= ⌈m_max·2**23 / a⌉
+for the largest m of the element's sign. The other 8 bits are left to the
+caller. The other elements continue the same algorithm exactly from R
+where m < a; where m >= a (R then carries no information), they draw X
+itself, or, when X is not wanted, [X >= 1] and then [X >= m] given it.
 
-Loops are `tf.while_loop`s over masks: each iteration draws for every
-element still undecided, from its own stream (`randomness.substream` of the
-iteration). Every loop ends with probability 1 and after few iterations in
+Loops are `tf.while_loop`s over shrinking lists (`_per_element`): each
+iteration draws for every element still undecided, from its own stream
+(`randomness.substream` of the iteration), and carries on only those still
+undecided. Every loop ends with probability 1 and after few iterations in
 expectation. Integer ranges: scales up to `MAX_SCALE` = 2**48 and
 comparison points up to 2**62 keep every product within int64; a
 geometric value overflows only if more than 2**13 successive
@@ -54,6 +64,7 @@ Bernoulli(exp(-1)) draws succeed (probability e**-8192).
 from __future__ import annotations
 
 from collections.abc import Callable
+import math
 from typing import Any
 from typing import NamedTuple
 
@@ -74,7 +85,6 @@ _MAX_RUN = 2**13  # cap on V (never reached with probability 1 - e**-8192)
 
 # Streams of one call, folded into its seed.
 _STREAM_WORD = 10
-_STREAM_SECOND_WORD = 14
 _STREAM_FIRST_STEP = 11
 _STREAM_TAIL = 12
 _STREAM_RETRY = 13
@@ -86,8 +96,12 @@ def _int64(value: Any) -> tf.Tensor:
 
 
 @_plain
-def _loop(cond: Callable, body: Callable, loop_vars: tuple) -> tuple:
-  return tf.while_loop(cond, body, loop_vars, parallel_iterations=1)
+def _loop(
+  cond: Callable, body: Callable, loop_vars: tuple, shapes: tuple | None = None
+) -> tuple:
+  return tf.while_loop(
+    cond, body, loop_vars, shape_invariants=shapes, parallel_iterations=1
+  )
 
 
 @_plain
@@ -118,8 +132,93 @@ def _until_accepted(shape: Any, draw: Callable, seed: tf.Tensor) -> tf.Tensor:
 
 
 @_plain
+def _per_element(
+  state: tuple, step: Callable, seed: tf.Tensor, dtype: Any = tf.int64
+) -> Any:
+  """Runs `step` on the elements still going until every one has finished.
+
+  `state` is a tuple of 1-D tensors with one entry per element.
+  `step(stream, state)` returns `(finished, value, state)`: a bool tensor
+  and the value (a tensor of `dtype`, or a tuple of them for a tuple of
+  dtypes) for the elements still going, and their next state; a finished
+  element's value is its result. Only the elements still going are
+  carried (a shrinking list), so a pass costs what remains in it, and the
+  finished ones are collected and written once at the end.
+
+  Returns:
+    The results in element order, shaped like `state[0]` (a tuple when
+    `dtype` is one).
+  """
+  size = tf.size(state[0], out_type=tf.int64)
+  vector = tf.TensorShape([None])
+  dtypes = dtype if isinstance(dtype, tuple) else (dtype,)
+
+  def arrays(dtype):
+    # Slot 0 holds an empty piece, so that concat() has one even when no
+    # pass runs (eager TensorArrays cannot concatenate nothing).
+    return tf.TensorArray(
+      dtype,
+      size=0,
+      dynamic_size=True,
+      infer_shape=False,
+      element_shape=vector,
+    ).write(0, tf.zeros([0], dtype))
+
+  def body(i, at, state, done_at, done_values):
+    finished, values, state = step(randomness.substream(seed, i), state)
+    values = values if isinstance(values, tuple) else (values,)
+    slot = tf.cast(i, tf.int32) + 1
+    done_at = done_at.write(slot, tf.boolean_mask(at, finished))
+    done_values = tuple(
+      done.write(slot, tf.boolean_mask(value, finished))
+      for done, value in zip(done_values, values, strict=True)
+    )
+    going = tf.logical_not(finished)
+    state = tuple(tf.boolean_mask(t, going) for t in state)
+    return i + 1, tf.boolean_mask(at, going), state, done_at, done_values
+
+  _, _, _, done_at, done_values = _loop(
+    lambda i, at, *_: tf.size(at) > 0,
+    body,
+    (
+      tf.constant(0, tf.int64),
+      tf.range(size),
+      tuple(state),
+      arrays(tf.int64),
+      tuple(arrays(dtype) for dtype in dtypes),
+    ),
+    (
+      tf.TensorShape([]),
+      vector,
+      tuple(vector for _ in state),
+      None,
+      tuple(None for _ in dtypes),
+    ),
+  )
+  # DynamicStitch, not ScatterNd: ten times faster on a million indices.
+  at = [tf.cast(done_at.concat(), tf.int32)]
+  results = tuple(
+    tf.dynamic_stitch(at, [done.concat()]) for done in done_values
+  )
+  return results if isinstance(dtype, tuple) else results[0]
+
+
+@_plain
+def _words(shape: Any, seed: tf.Tensor) -> tf.Tensor:
+  """62 uniform random bits per element, as non-negative int64."""
+  word = tf.random.stateless_uniform(
+    shape, seed, minval=None, maxval=None, dtype=tf.int64
+  )
+  return tf.bitwise.bitwise_and(word, _WORD_MASK)
+
+
+@_plain
 def uniform_below(n: Any, seed: tf.Tensor) -> tf.Tensor:
   """Exactly uniform integers in [0, n), elementwise.
+
+  One 62-bit word per element, reduced mod n unless it falls in the
+  incomplete last block of n values (probability below n / 2**62); those
+  few elements draw again from fresh streams until they are accepted.
 
   Args:
     n: int64 tensor (any shape) of bounds in [1, 2**62].
@@ -129,17 +228,23 @@ def uniform_below(n: Any, seed: tf.Tensor) -> tf.Tensor:
     int64 tensor shaped like `n`.
   """
   n = _int64(n)
+  shape = tf.shape(n)
+  n = tf.reshape(n, [-1])
   limit = ((1 << 62) // n) * n  # largest multiple of n <= 2**62
+  bits = _words(tf.shape(n), randomness.substream(seed, 0))
 
-  # Rejections (probability below n / 2**62 each) are drawn again.
-  def draw(stream):
-    word = tf.random.stateless_uniform(
-      tf.shape(n), stream, minval=None, maxval=None, dtype=tf.int64
-    )
-    bits = tf.bitwise.bitwise_and(word, _WORD_MASK)
-    return tf.math.floormod(bits, n), bits < limit
+  def redraw(at):
+    bound = tf.gather(n, at)
+    top = tf.gather(limit, at)
 
-  return _until_accepted(tf.shape(n), draw, seed)
+    def draw(stream):
+      bits = _words(tf.shape(bound), stream)
+      return tf.math.floormod(bits, bound), bits < top
+
+    return _until_accepted(tf.shape(at), draw, randomness.substream(seed, 1))
+
+  value = _subset_update(tf.math.floormod(bits, n), bits >= limit, redraw)
+  return tf.reshape(value, shape)
 
 
 @_plain
@@ -149,24 +254,112 @@ def bernoulli_rational(num: Any, den: Any, seed: tf.Tensor) -> tf.Tensor:
   return uniform_below(den, seed) < _int64(num)
 
 
+def _exp_one_table() -> list[bool]:
+  """CKS Algorithm 1 for exp(-1), steps 2-7, from one z in [0, 7!).
+
+  z's mixed-radix digits d_j = ⌊z/(j-1)!⌋ mod j (j = 2, …, 7) are
+  independent and uniform on [0, j): step j's Bernoulli(1/j) succeeds
+  when d_j = 0, that is (with all earlier steps) when z mod j! = 0. Step
+  1's Bernoulli(1/1) always succeeds. So the run stops at K = the least j
+  with z mod j! != 0 and succeeds when K is odd; z = 0 (every step up to
+  7 succeeded) continues from K = 8.
+  """
+  table = []
+  for z in range(math.factorial(_RUN_STEPS)):
+    stop = next(
+      (j for j in range(2, _RUN_STEPS + 1) if z % math.factorial(j)), None
+    )
+    table.append(stop is not None and stop % 2 == 1)
+  return table
+
+
+_RUN_STEPS = 7
+_EXP_ONE = _exp_one_table()
+
+
+@_plain
+def _exp_one(shape: Any, seed: tf.Tensor) -> tf.Tensor:
+  """Bernoulli(exp(-1)), elementwise, exactly: one table look-up each."""
+  z = uniform_below(
+    tf.fill(shape, tf.constant(len(_EXP_ONE), tf.int64)),
+    randomness.substream(seed, 0),
+  )
+  success = tf.gather(tf.constant(_EXP_ONE), z)
+  return _subset_update(
+    success,
+    tf.equal(z, 0),
+    lambda at: _cks_from(
+      tf.ones_like(at),
+      tf.ones_like(at),
+      tf.fill(tf.shape(at), tf.constant(_RUN_STEPS + 1, tf.int64)),
+      randomness.substream(seed, 1),
+    ),
+  )
+
+
+@_plain
+def _cks_from(num: Any, den: Any, k: Any, seed: tf.Tensor) -> tf.Tensor:
+  """CKS Algorithm 1 for exp(-num/den), from step k, elementwise (1-D).
+
+  Step K draws Bernoulli(num/(den·K)); the first that fails ends the run,
+  which succeeds when that K is odd. The caller has seen steps 1, …, k - 1
+  succeed. Requires 0 <= num <= den.
+  """
+
+  def step(stream, state):
+    num, den, k = state
+    go_on = uniform_below(den * k, stream) < num
+    return (
+      tf.logical_not(go_on),
+      tf.equal(tf.math.floormod(k, 2), 1),
+      (num, den, k + 1),
+    )
+
+  state = tuple(_int64(t) for t in (num, den, k))
+  return _per_element(state, step, seed, tf.bool)
+
+
+@_plain
+def _runs(limit: Any, seed: tf.Tensor) -> tf.Tensor:
+  """min(V, limit), V the successes of Bernoulli(exp(-1)) before a failure.
+
+  P(V >= v) = exp(-v). Elementwise over a 1-D int64 `limit` (>= 0); only
+  elements with limit > 0 draw.
+  """
+  limit = _int64(limit)
+
+  def step(stream, state):
+    count, limit = state
+    success = _exp_one(tf.shape(count), stream)
+    count = count + tf.cast(success, tf.int64)
+    finished = tf.logical_or(tf.logical_not(success), count >= limit)
+    return finished, count, (count, limit)
+
+  return _subset_update(
+    tf.zeros_like(limit),
+    limit > 0,
+    lambda at: _per_element(
+      (tf.zeros_like(at), tf.gather(limit, at)), step, seed
+    ),
+  )
+
+
 @_plain
 def bernoulli_exp(
   m: Any, a: Any, seed: tf.Tensor, first_k: Any = None
 ) -> tf.Tensor:
   """Bernoulli(exp(-m/a)), elementwise, exactly.
 
-  ⌊m/a⌋ runs of CKS Algorithm 1 for exp(-1), stopping at the first that
-  fails, then one for exp(-(m mod a)/a). A run for exp(-γ), γ = num/den in
-  [0, 1]: K = 1; while Bernoulli(γ/K) (= Bernoulli(num/den) ∧
-  Bernoulli(1/K)): K += 1; the run succeeds when K is odd. One loop does
-  every step of every run.
+  exp(-m/a) = exp(-1)^⌊m/a⌋ · exp(-(m mod a)/a): ⌊m/a⌋ Bernoulli(exp(-1))
+  draws that must all succeed (`_runs`), then CKS Algorithm 1 for the
+  fraction (`_cks_from`), each drawn only where still needed.
 
   Args:
     m: int64 tensor; values <= 0 give True.
     a: int64 scale in [1, MAX_SCALE], scalar or shaped like `m`.
     seed: A `[2]` int64 seed.
     first_k: Optional int64 tensor like `m`: where above 1 (only allowed
-      where 0 < m < a), the first `first_k - 1` draws of the run for the
+      where 0 < m < a), the first `first_k - 1` steps of the run for the
       fraction are known to have succeeded (the caller drew them), and the
       run continues from K = `first_k`.
 
@@ -174,58 +367,60 @@ def bernoulli_exp(
     bool tensor shaped like `m`.
   """
   m = tf.maximum(_int64(m), 0)
-  a = _int64(a) + tf.zeros_like(m)
+  shape = tf.shape(m)
+  a = tf.reshape(_int64(a) + tf.zeros_like(m), [-1])
+  m = tf.reshape(m, [-1])
   whole = tf.math.floordiv(m, a)
   fraction = m - whole * a
-  k = tf.ones_like(m) if first_k is None else _int64(first_k)
-
-  def body(i, k, whole, active, result):
-    stream = randomness.substream(seed, i)
-    in_whole = whole > 0
-    num = tf.where(in_whole, a, fraction)
-    go_on = tf.logical_and(
-      bernoulli_rational(num, a, randomness.substream(stream, 1)),
-      tf.equal(uniform_below(k, randomness.substream(stream, 2)), 0),
-    )
-    ended = tf.logical_and(active, tf.logical_not(go_on))
-    run_ok = tf.equal(tf.math.floormod(k, 2), 1)
-    # A whole run that fails ends everything (False); one that succeeds
-    # starts the next run; the fraction's run gives the result.
-    finished = tf.logical_and(
-      ended, tf.logical_or(tf.logical_not(in_whole), tf.logical_not(run_ok))
-    )
-    result = tf.where(finished, run_ok, result)
-    next_run = tf.logical_and(ended, tf.logical_not(finished))
-    whole = tf.where(next_run, whole - 1, whole)
-    k = tf.where(next_run, tf.ones_like(k), tf.where(active, k + 1, k))
-    return (
-      i + 1,
-      k,
-      whole,
-      tf.logical_and(active, tf.logical_not(finished)),
-      result,
-    )
-
-  _, _, _, _, result = _loop(
-    lambda i, k, whole, active, result: tf.reduce_any(active),
-    body,
-    (
-      tf.constant(0, tf.int64),
-      k,
-      whole,
-      tf.ones(tf.shape(m), bool),
-      tf.zeros(tf.shape(m), bool),
+  k = tf.ones_like(m) if first_k is None else tf.reshape(_int64(first_k), [-1])
+  whole_ok = _runs(whole, randomness.substream(seed, 0)) >= whole
+  result = _subset_update(
+    whole_ok,
+    tf.logical_and(whole_ok, fraction > 0),
+    lambda at: _cks_from(
+      tf.gather(fraction, at),
+      tf.gather(a, at),
+      tf.gather(k, at),
+      randomness.substream(seed, 1),
     ),
   )
-  return result
+  return tf.reshape(result, shape)
+
+
+@_plain
+def _weighted_below(n: Any, a: Any, seed: tf.Tensor) -> tf.Tensor:
+  """U in [0, n) with P(U = u) ∝ exp(-u/a), for 1-D n in [1, a].
+
+  U uniform in [0, n), accepted with probability exp(-U/a) >= 1/e by CKS
+  Algorithm 1 (U < a: no whole part), else drawn again. One loop does
+  every step: each pass draws a candidate where one is needed and the
+  next CKS step for every element.
+  """
+  a = _int64(a)
+
+  def step(stream, state):
+    n, u, k = state
+    fresh = tf.equal(k, 0)
+    u = tf.where(fresh, uniform_below(n, randomness.substream(stream, 1)), u)
+    k = tf.where(fresh, tf.ones_like(k), k)
+    go_on = uniform_below(a * k, randomness.substream(stream, 2)) < u
+    odd = tf.equal(tf.math.floormod(k, 2), 1)
+    accepted = tf.logical_and(tf.logical_not(go_on), odd)
+    # A failed step ends the run: odd K accepts U, even K draws afresh.
+    k = tf.where(go_on, k + 1, tf.zeros_like(k))
+    return accepted, u, (n, u, k)
+
+  n = _int64(n)
+  return _per_element((n, tf.zeros_like(n), tf.zeros_like(n)), step, seed)
 
 
 @_plain
 def geometric(shape: Any, a: Any, seed: tf.Tensor) -> tf.Tensor:
   """X with P(X = x) = (1 - q)·q^x, x >= 0, q = exp(-1/a): CKS Algorithm 2.
 
-  U uniform in [0, a), accepted with probability exp(-U/a); V the number
-  of Bernoulli(exp(-1)) successes before the first failure; X = U + a·V.
+  U in [0, a) with P(U = u) ∝ exp(-u/a) (`_weighted_below`); V the number
+  of Bernoulli(exp(-1)) successes before the first failure (`_runs`);
+  X = U + a·V.
 
   Args:
     shape: Output shape.
@@ -236,45 +431,23 @@ def geometric(shape: Any, a: Any, seed: tf.Tensor) -> tf.Tensor:
     An int64 tensor.
   """
   a = _int64(a)
-  zeros = tf.zeros(shape, tf.int64)
-
-  def body(i, u, v, phase):
-    # Phase 0: drawing U; phase 1: counting V; phase 2: done.
-    stream = randomness.substream(seed, i)
-    candidate = uniform_below(zeros + a, randomness.substream(stream, 1))
-    drawing = tf.equal(phase, 0)
-    m = tf.where(drawing, candidate, tf.ones_like(candidate))
-    scale = tf.where(drawing, zeros + a, tf.ones_like(candidate))
-    success = bernoulli_exp(m, scale, randomness.substream(stream, 2))
-    u = tf.where(tf.logical_and(drawing, success), candidate, u)
-    counting = tf.equal(phase, 1)
-    v = tf.where(tf.logical_and(counting, success), v + 1, v)
-    phase = tf.where(
-      tf.logical_and(drawing, success),
-      tf.ones_like(phase),
-      tf.where(
-        tf.logical_and(counting, tf.logical_not(success)),
-        2 * tf.ones_like(phase),
-        phase,
-      ),
-    )
-    return i + 1, u, v, phase
-
-  _, u, v, _ = _loop(
-    lambda i, u, v, phase: tf.reduce_any(phase < 2),
-    body,
-    (tf.constant(0, tf.int64), zeros, zeros, tf.zeros(shape, tf.int32)),
+  size = tf.reshape(tf.reduce_prod(_int64(shape)), [1])
+  u = _weighted_below(tf.fill(size, a), a, randomness.substream(seed, 0))
+  v = _runs(
+    tf.fill(size, tf.constant(_MAX_RUN, tf.int64)),
+    randomness.substream(seed, 1),
   )
-  return u + a * tf.minimum(v, _MAX_RUN)
+  return tf.reshape(u + a * v, shape)
 
 
 @_plain
 def truncated_geometric(m: Any, a: Any, seed: tf.Tensor) -> tf.Tensor:
   """X ~ Geometric (as in `geometric`) given X < m, elementwise.
 
-  For m <= a: V uniform in [0, m), accepted with probability exp(-V/a)
-  (at least 1/e); for m > a: X ~ `geometric`, accepted when X < m (at
-  least 1 - 1/e). Rejected elements are drawn again.
+  Candidates X = U + a·V as in `geometric`, with U in [0, min(m, a)) and
+  V capped at ⌊m/a⌋ + 1 (both leave the law of X < m unchanged), accepted
+  when X < m: always for m <= a, with probability at least 1 - 1/e
+  otherwise. Rejected elements are drawn again.
 
   Args:
     m: int64 tensor of bounds >= 1.
@@ -286,23 +459,16 @@ def truncated_geometric(m: Any, a: Any, seed: tf.Tensor) -> tf.Tensor:
   """
   m = _int64(m)
   a = _int64(a)
-  small = m <= a
+  shape = tf.shape(m)
 
-  def draw(stream):
-    uniform = uniform_below(
-      tf.where(small, m, tf.ones_like(m)), randomness.substream(stream, 1)
-    )
-    accepted = exp_bernoulli(uniform, a, randomness.substream(stream, 2))
+  def step(stream, state):
+    (m,) = state
+    u = _weighted_below(tf.minimum(m, a), a, randomness.substream(stream, 1))
+    cap = tf.where(m <= a, tf.zeros_like(m), tf.math.floordiv(m, a) + 1)
+    x = u + a * _runs(cap, randomness.substream(stream, 2))
+    return x < m, x, (m,)
 
-    def with_geometric():
-      x = geometric(tf.shape(m), a, randomness.substream(stream, 3))
-      return tf.where(small, uniform, x), tf.where(small, accepted, x < m)
-
-    return tf.cond(
-      tf.reduce_all(small), lambda: (uniform, accepted), with_geometric
-    )
-
-  return _until_accepted(tf.shape(m), draw, seed)
+  return tf.reshape(_per_element((tf.reshape(m, [-1]),), step, seed), shape)
 
 
 @_plain
@@ -461,25 +627,6 @@ class Tail(NamedTuple):
 
 
 @_plain
-def _below(m, negative, beyond, positive_values, a, stream, seed):
-  """X given X < m where it is needed (else 0), drawn only there.
-
-  Needed where X < m, for sign - (to reject X = 0) and, if
-  `positive_values`, for sign + too.
-  """
-  needed = tf.logical_not(beyond)
-  if not positive_values:
-    needed = tf.logical_and(needed, negative)
-  return _subset_update(
-    tf.zeros_like(m),
-    needed,
-    lambda at: truncated_geometric(
-      tf.maximum(tf.gather(m, at), 1), a, randomness.substream(seed, stream)
-    ),
-  )
-
-
-@_plain
 def _step(m, a, prefix, seed):
   """Bernoulli(m/a) from a uniform whose first 23 bits are `prefix`.
 
@@ -516,42 +663,30 @@ def _subset_update(values, mask, fn):
 def exp_bernoulli(
   m: Any, a: Any, seed: tf.Tensor, prefix: Any = None
 ) -> tf.Tensor:
-  """`bernoulli_exp(m, a)`, its first two steps vectorised.
+  """`bernoulli_exp(m, a)`, its first step taken from given bits.
 
-  CKS Algorithm 1 for exp(-m/a) with m < a: step K = 1 (Bernoulli(m/a))
-  from a uniform whose first 23 bits are `prefix` (drawn here if None) ends
-  it (True) for all but a fraction m/a; step K = 2 (Bernoulli(m/a) ∧
-  Bernoulli(1/2)) from one 32-bit word ends it (False) for all but a
-  fraction of about m/2a of those; the rest, and every m >= a, go through
-  `bernoulli_exp`, gathered.
+  Where m < a, step K = 1 of CKS Algorithm 1 for exp(-m/a) (Bernoulli(m/a))
+  is decided by a uniform whose first 23 bits are `prefix` (`_step`, exact);
+  it ends the run (True) for all but a fraction m/a, which continue from
+  K = 2. Elements with m >= a, or every element when `prefix` is None,
+  go through `bernoulli_exp` afresh.
   """
   m = tf.maximum(_int64(m), 0)
   a = _int64(a)
-  has_prefix = m < a
-  small_m = tf.where(has_prefix, m, tf.zeros_like(m))
   if prefix is None:
-    prefix = _prefixes(tf.shape(m), randomness.substream(seed, _STREAM_WORD))[1]
-  half, second_prefix = _prefixes(
-    tf.shape(m), randomness.substream(seed, _STREAM_SECOND_WORD)
-  )
-  # Steps K = 1 and K = 2 in one call: Bernoulli(m/a) from each prefix.
-  both = _step(
-    tf.concat([small_m, small_m], axis=0),
+    return bernoulli_exp(m, a, seed)
+  has_prefix = m < a
+  first = _step(
+    tf.where(has_prefix, m, tf.zeros_like(m)),
     a,
-    tf.concat([prefix, second_prefix], axis=0),
+    _int64(prefix),
     randomness.substream(seed, _STREAM_FIRST_STEP),
   )
-  first, second = tf.split(both, 2)
-  second = tf.logical_and(half, second)
-  # K = 1 ends: True. K = 2 ends: False. Else from K = 3, or afresh.
-  result = tf.logical_or(tf.logical_not(has_prefix), tf.logical_not(first))
-  generic = tf.logical_or(
-    tf.logical_not(has_prefix), tf.logical_and(first, second)
-  )
-  first_k = tf.where(has_prefix, 3 * tf.ones_like(m), tf.ones_like(m))
+  rest = tf.logical_or(tf.logical_not(has_prefix), first)
+  first_k = tf.where(has_prefix, 2 * tf.ones_like(m), tf.ones_like(m))
   return _subset_update(
-    result,
-    generic,
+    tf.logical_not(rest),
+    rest,
     lambda at: bernoulli_exp(
       tf.gather(m, at),
       a,
@@ -574,40 +709,122 @@ def _prefixes(shape, seed):
 def _tail_rest(positions, negative, prefix, a, m_at, positive_values, seed):
   """`signed_tail` for the elements the first word did not settle.
 
-  Pass 0 continues CKS Algorithm 1 for exp(-m/a) from the first word's 23
-  bits (`exp_bernoulli`); a rejected (B = 1, X = 0) element is drawn
-  afresh (sign, word and all) in the next pass.
+  A rejected (B = 1, X = 0) element is drawn afresh (sign, word and all)
+  in the next pass; only those are carried.
+
+  Returns:
+    `(negative, beyond, below)` for `positions`.
   """
-  retry_seed = randomness.substream(seed, _STREAM_RETRY)
 
-  def body(i, negative, beyond, below, pending):
-    stream = randomness.substream(retry_seed, i)
-    first = tf.equal(i, 0)
-    fresh_negative, fresh_prefix = _prefixes(
-      tf.shape(positions), randomness.substream(stream, 1)
+  def step(stream, state):
+    at, negative, prefix, fresh = state
+    new_negative, new_prefix = _prefixes(
+      tf.shape(at), randomness.substream(stream, 1)
     )
-    sign = tf.where(first, negative, fresh_negative)
-    bits = tf.where(first, prefix, fresh_prefix)
-    m = tf.maximum(_int64(m_at(positions, sign)), 0)
-    new_beyond = exp_bernoulli(m, a, randomness.substream(stream, 2), bits)
-    new_below = _below(m, sign, new_beyond, positive_values, a, 3, stream)
-    negative = tf.where(pending, sign, negative)
-    beyond = tf.where(pending, new_beyond, beyond)
-    below = tf.where(pending, new_below, below)
-    rejected = tf.logical_and(
-      sign, tf.logical_and(tf.logical_not(new_beyond), tf.equal(new_below, 0))
+    sign = tf.where(fresh, new_negative, negative)
+    bits = tf.where(fresh, new_prefix, prefix)
+    m = tf.maximum(_int64(m_at(at, sign)), 0)
+    beyond, below, zero = _tail_draw(
+      m, sign, bits, a, positive_values, randomness.substream(stream, 2)
     )
-    return i + 1, negative, beyond, below, tf.logical_and(pending, rejected)
+    rejected = tf.logical_and(sign, zero)
+    return (
+      tf.logical_not(rejected),
+      (sign, beyond, below),
+      (at, sign, bits, tf.ones_like(fresh)),
+    )
 
-  _, negative, beyond, below, _ = _loop(
-    lambda i, negative, beyond, below, pending: tf.reduce_any(pending),
-    body,
-    (
-      tf.constant(0, tf.int64),
-      negative,
-      tf.zeros_like(negative),
-      tf.zeros_like(prefix),
-      tf.ones_like(negative),
-    ),
+  return _per_element(
+    (positions, negative, prefix, tf.zeros_like(negative)),
+    step,
+    randomness.substream(seed, _STREAM_RETRY),
+    (tf.bool, tf.bool, tf.int64),
   )
-  return negative, beyond, below
+
+
+@_plain
+def _tail_draw(m, negative, prefix, a, positive_values, seed):
+  """[X >= m], X where needed and [X = 0], for X ~ Geometric.
+
+  Where m < a, CKS Algorithm 1 for exp(-m/a) continues from the 23 bits
+  `prefix` (which the first word may have conditioned on being below the
+  cut, which is only ever below 2**23 when every m of that sign is below
+  a), and X given X < m is drawn where needed (`truncated_geometric`).
+  Where m >= a (the prefix then carries no information and is unused):
+  with `positive_values`, X itself (`geometric`), which gives both; without,
+  [X >= 1] (Bernoulli(exp(-1/a))) for sign -, then X - 1 >= m - 1, which is
+  geometric again, by Bernoulli(exp(-(m - 1)/a)); for sign +, [X >= m].
+  X is needed where X < m for sign - (to reject X = 0) and, with
+  `positive_values`, for sign + too; elsewhere `below` is 0.
+
+  Returns:
+    `(beyond, below, zero)`: bool, int64 and bool, shaped like `m`.
+  """
+  near = m < a
+
+  def with_prefix(m, negative, prefix):
+    beyond = exp_bernoulli(m, a, randomness.substream(seed, 1), prefix)
+    needed = tf.logical_not(beyond)
+    if not positive_values:
+      needed = tf.logical_and(needed, negative)
+    below = _subset_update(
+      tf.zeros_like(m),
+      needed,
+      lambda at: truncated_geometric(
+        tf.maximum(tf.gather(m, at), 1), a, randomness.substream(seed, 2)
+      ),
+    )
+    zero = tf.logical_and(needed, tf.equal(below, 0))
+    return beyond, below, zero
+
+  def far(m, negative, prefix):
+    del prefix  # uniform and unread: every m of its sign may be >= a
+    if positive_values:
+      x = geometric(tf.shape(m), a, randomness.substream(seed, 3))
+      beyond = x >= m
+      return beyond, tf.where(beyond, tf.zeros_like(x), x), tf.equal(x, 0)
+    # [X >= 1] for sign - (True for sign +), then [X >= m] given it.
+    at_least_one = tf.logical_or(
+      tf.logical_not(negative),
+      bernoulli_exp(tf.ones_like(m), a, randomness.substream(seed, 4)),
+    )
+    rest = m - tf.cast(negative, tf.int64)
+    beyond = _subset_update(
+      tf.zeros_like(negative),
+      at_least_one,
+      lambda at: bernoulli_exp(
+        tf.gather(rest, at), a, randomness.substream(seed, 5)
+      ),
+    )
+    return beyond, tf.zeros_like(m), tf.logical_not(at_least_one)
+
+  return _split(
+    near, with_prefix, far, (m, negative, prefix), (tf.bool, tf.int64, tf.bool)
+  )
+
+
+@_plain
+def _split(mask, if_true, if_false, inputs, dtypes):
+  """Applies `if_true` where `mask` and `if_false` elsewhere (1-D inputs).
+
+  Each function takes a tuple of 1-D tensors and returns one of `dtypes`,
+  elementwise; a side with no elements is skipped.
+  """
+  index = tf.range(tf.size(mask))
+  part = tf.cast(mask, tf.int32)
+  pieces = [tf.dynamic_partition(t, part, 2) for t in inputs]
+
+  def side(fn, i):
+    args = [p[i] for p in pieces]
+    return tf.cond(
+      tf.size(args[0]) > 0,
+      lambda: tuple(fn(*args)),
+      lambda: tuple(tf.zeros([0], dtype) for dtype in dtypes),
+    )
+
+  outputs = (side(if_false, 0), side(if_true, 1))
+  where = tf.dynamic_partition(index, part, 2)
+  return tuple(
+    tf.dynamic_stitch(where, [low, high])
+    for low, high in zip(*outputs, strict=True)
+  )
