@@ -206,14 +206,17 @@ def _per_element(
     finished, values, state = step(randomness.substream(seed, i), state)
     values = values if isinstance(values, tuple) else (values,)
     slot = tf.cast(i, tf.int32) + 1
-    done_at = done_at.write(slot, tf.boolean_mask(at, finished))
+    # One Where per mask, shared by every gather (boolean_mask would
+    # compute it again for each tensor).
+    ended = tf.where(finished)[:, 0]
+    done_at = done_at.write(slot, tf.gather(at, ended))
     done_values = tuple(
-      done.write(slot, tf.boolean_mask(value, finished))
+      done.write(slot, tf.gather(value, ended))
       for done, value in zip(done_values, values, strict=True)
     )
-    going = tf.logical_not(finished)
-    state = tuple(tf.boolean_mask(t, going) for t in state)
-    return i + 1, tf.boolean_mask(at, going), state, done_at, done_values
+    going = tf.where(tf.logical_not(finished))[:, 0]
+    state = tuple(tf.gather(t, going) for t in state)
+    return i + 1, tf.gather(at, going), state, done_at, done_values
 
   _, _, _, done_at, done_values = _loop(
     lambda i, at, *_: tf.size(at) > 0,
