@@ -58,6 +58,12 @@ if [[ -n "${BAZEL_OUTPUT_USER_ROOT:-}" ]]; then
   startup+=("--output_user_root=$BAZEL_OUTPUT_USER_ROOT")
 fi
 
+events=$(mktemp "${TMPDIR:-/tmp}/bazel_test_events.XXXXXX")
+# The Bazel server this script starts (a JVM on loopback that would
+# otherwise idle for three hours) ends with the script, on success, failure
+# and Ctrl-C alike.
+trap 'rm -f "$events"; bazel "${startup[@]}" shutdown >/dev/null 2>&1 || true' EXIT
+
 if (( build_everything )); then
   start=$SECONDS
   if ! bazel "${startup[@]}" build -- //...; then
@@ -66,9 +72,6 @@ if (( build_everything )); then
   fi
   echo "[bazel_test] bazel build //... passed in $(( SECONDS - start ))s"
 fi
-
-events=$(mktemp "${TMPDIR:-/tmp}/bazel_test_events.XXXXXX")
-trap 'rm -f "$events"' EXIT
 
 start=$SECONDS
 bazel "${startup[@]}" test \
