@@ -179,12 +179,17 @@ def test_bernoulli_exp_has_its_probability(m, a, first_k):
 
 
 def test_exp_bernoulli_matches_bernoulli_exp_law():
-  # The vectorised first steps, with and without a given prefix, over m on
-  # both sides of a (m >= a goes through bernoulli_exp afresh).
+  # The first step from a given uniform 23-bit prefix, over m on both
+  # sides of a (m >= a goes through bernoulli_exp afresh).
   a = 5
   m = np.tile(np.arange(0, 12), 5_000)
+  prefix = np.random.default_rng(7).integers(0, 2**23, m.size)
   result = _graph(
-    discrete.exp_bernoulli, tf.constant(m, tf.int64), a, _SEED
+    discrete.exp_bernoulli,
+    tf.constant(m, tf.int64),
+    a,
+    _SEED,
+    tf.constant(prefix, tf.int64),
   ).numpy()
   for value in range(12):
     got = result[m == value]

@@ -365,8 +365,7 @@ def _cks_steps(num: Any, den: Any, k: Any, seed: tf.Tensor) -> tf.Tensor:
       (num, den, k + 1),
     )
 
-  state = tuple(_int64(t) for t in (num, den, k))
-  return _per_element(state, step, seed, tf.bool)
+  return _per_element((num, den, k), step, seed, tf.bool)
 
 
 _cks_from = _shared(_VECTOR, _VECTOR, _VECTOR, _SEED)(_cks_steps)
@@ -383,7 +382,6 @@ def _runs(limit: Any, seed: tf.Tensor) -> tf.Tensor:
   P(V >= v) = exp(-v). Elementwise over a 1-D int64 `limit` (>= 0); only
   elements with limit > 0 draw.
   """
-  limit = _int64(limit)
 
   def step(stream, state):
     count, limit = state
@@ -453,7 +451,6 @@ def _weighted_below(n: Any, a: Any, seed: tf.Tensor) -> tf.Tensor:
   every step: each pass draws a candidate where one is needed and the
   next CKS step for every element.
   """
-  a = _int64(a)
 
   def step(stream, state):
     n, u, k = state
@@ -467,7 +464,6 @@ def _weighted_below(n: Any, a: Any, seed: tf.Tensor) -> tf.Tensor:
     k = tf.where(go_on, k + 1, tf.zeros_like(k))
     return accepted, u, (n, u, k)
 
-  n = _int64(n)
   return _per_element((n, tf.zeros_like(n), tf.zeros_like(n)), step, seed)
 
 
@@ -542,20 +538,12 @@ def discrete_laplace(shape: Any, a: Any, seed: tf.Tensor) -> tf.Tensor:
   """
 
   def draw(stream):
-    negative = _sign_bits(shape, randomness.substream(stream, 1))
+    negative, _ = _prefixes(shape, randomness.substream(stream, 1))
     x = geometric(shape, a, randomness.substream(stream, 2))
     accepted = tf.logical_not(tf.logical_and(negative, tf.equal(x, 0)))
     return tf.where(negative, -x, x), accepted
 
   return _until_accepted(shape, draw, seed)
-
-
-@_plain
-def _sign_bits(shape, seed):
-  word = tf.random.stateless_uniform(
-    shape, seed, minval=None, maxval=None, dtype=tf.int32
-  )
-  return word < 0
 
 
 @_plain
@@ -717,21 +705,16 @@ def _subset_update(values, mask, fn):
 
 
 @_plain
-def exp_bernoulli(
-  m: Any, a: Any, seed: tf.Tensor, prefix: Any = None
-) -> tf.Tensor:
+def exp_bernoulli(m: Any, a: Any, seed: tf.Tensor, prefix: Any) -> tf.Tensor:
   """`bernoulli_exp(m, a)`, its first step taken from given bits.
 
   Where m < a, step K = 1 of CKS Algorithm 1 for exp(-m/a) (Bernoulli(m/a))
   is decided by a uniform whose first 23 bits are `prefix` (`_step`, exact);
   it ends the run (True) for all but a fraction m/a, which continue from
-  K = 2. Elements with m >= a, or every element when `prefix` is None,
-  go through `bernoulli_exp` afresh.
+  K = 2. Elements with m >= a go through `bernoulli_exp` afresh.
   """
   m = tf.maximum(_int64(m), 0)
   a = _int64(a)
-  if prefix is None:
-    return bernoulli_exp(m, a, seed)
   has_prefix = m < a
   first = _step(
     tf.where(has_prefix, m, tf.zeros_like(m)),
