@@ -57,9 +57,7 @@ Prints one JSON object to stdout (progress goes to stderr).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from collections.abc import Sequence
-import dataclasses
 import json
 import os
 import sys
@@ -68,7 +66,6 @@ from typing import Any
 
 from absl import app
 from absl import flags
-import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
@@ -77,6 +74,7 @@ from benchmarks import machine
 from tff_brats import mechanisms
 from tff_brats.learning import client_training
 from tff_brats.learning import fed_avg
+from tff_brats.learning import in_process
 
 TARGET_RATIO = 1.10
 
@@ -269,18 +267,6 @@ def run_benchmark(
   }
 
 
-@dataclasses.dataclass
-class _Sample:
-  """One timed call: wall and CPU seconds, machine ticks during it."""
-
-  wall: float
-  cpu: float
-  worker_cpu: float
-  busy_ticks: float
-  total_ticks: float
-  result: Any
-
-
 def _measure(
   worker_pid,
   config,
@@ -325,7 +311,9 @@ def _measure(
   for round_num in range(warmup + rounds):
     timed = round_num >= warmup
     for side, call in (('tff', tff_round), ('plain', plain.run)):
-      sample = _timed(lambda c=call, r=round_num: c(r), worker_pid)
+      sample = federated_setup.timed(
+        lambda c=call, r=round_num: c(r), worker_pid
+      )
       if timed:
         samples[side].append(sample)
       machine.progress(
@@ -345,8 +333,8 @@ def _measure(
     ),
     'steps_per_round': steps.pop(),
     'process_build_seconds': round(build_seconds, 2),
-    'tff': _summary(samples['tff']),
-    'plain': _summary(samples['plain']),
+    'tff': federated_setup.summary(samples['tff']),
+    'plain': federated_setup.summary(samples['plain']),
     'losses': {
       side: [round(s.result['loss_sum'], 4) for s in side_samples]
       for side, side_samples in samples.items()
@@ -355,11 +343,13 @@ def _measure(
   if breakdown_calls:
     machine.progress('breakdown: state round trip')
     trips = [
-      _timed(lambda: process.get_model_weights(state), worker_pid)
+      federated_setup.timed(
+        lambda: process.get_model_weights(state), worker_pid
+      )
       for _ in range(breakdown_calls + 1)
     ][1:]
     result['breakdown'] = {
-      'state_round_trip': _summary(trips),
+      'state_round_trip': federated_setup.summary(trips),
       'what': (
         'process.get_model_weights(state): the learning state to the '
         'worker and the model weights back, no training'
@@ -377,19 +367,8 @@ class _PlainRounds:
 
   def __init__(self, model, config, aggregator, client_data, seed):
     self._client_data = client_data
-
-    # Traced once, as the TFF side's dataset computation: building the
-    # pipeline eagerly costs about 0.2 s of Python per client and call.
-    @tf.function(
-      input_signature=[
-        tf.TensorSpec([None], tf.string),
-        tf.TensorSpec([2], tf.int64),
-      ]
-    )
-    def make_dataset(shard_paths, data_key):
-      return fed_avg.make_client_dataset(shard_paths, data_key, config)
-
-    self._make_dataset = make_dataset
+    # Traced once, as the TFF side's dataset computation.
+    self._make_dataset = in_process.dataset_function(config)
     self._seed = seed
     self._trainer = client_training.ClientTrainer(
       model,
@@ -449,51 +428,6 @@ def _accumulate(update, steps, total):
 def _server_step(weights, total, steps_sum):
   # Weighted mean of the updates, then SGD with learning rate 1.
   return [w - t / steps_sum for w, t in zip(weights, total, strict=True)]
-
-
-def _timed(call: Callable[[], Any], worker_pid: int) -> _Sample:
-  busy, total = machine.machine_cpu_ticks()
-  worker_cpu = federated_setup.pid_cpu_seconds(worker_pid)
-  cpu = machine.process_cpu_seconds()
-  start = time.perf_counter()
-  result = call()
-  wall = time.perf_counter() - start
-  cpu = machine.process_cpu_seconds() - cpu
-  worker_cpu = federated_setup.pid_cpu_seconds(worker_pid) - worker_cpu
-  busy_after, total_after = machine.machine_cpu_ticks()
-  return _Sample(
-    wall, cpu, worker_cpu, busy_after - busy, total_after - total, result
-  )
-
-
-def _summary(samples: list[_Sample]) -> dict[str, Any]:
-  """Wall, CPU and machine shares of a side's timed calls."""
-  wall = [s.wall for s in samples]
-  tick = os.sysconf('SC_CLK_TCK')
-  total = sum(s.total_ticks for s in samples)
-  busy = sum(s.busy_ticks for s in samples)
-  own = sum(s.cpu for s in samples) * tick
-  worker = sum(s.worker_cpu for s in samples) * tick
-  background = max(busy - own, 0.0) / total if total else 0.0
-  worker_share = worker / total if total else 0.0
-  return {
-    'median_seconds': round(float(np.median(wall)), 3),
-    'min_seconds': round(min(wall), 3),
-    'max_seconds': round(max(wall), 3),
-    'round_seconds': [round(t, 3) for t in wall],
-    'cpu_seconds_per_round': round(
-      float(np.median([s.cpu for s in samples])), 3
-    ),
-    'worker_cpu_seconds_per_round': round(
-      float(np.median([s.worker_cpu for s in samples])), 3
-    ),
-    'cores_used': round(
-      float(np.median([(s.cpu + s.worker_cpu) / s.wall for s in samples])), 2
-    ),
-    'background_cpu_fraction': round(background, 3),
-    'worker_cpu_fraction': round(worker_share, 3),
-    'other_cpu_fraction': round(max(background - worker_share, 0.0), 3),
-  }
 
 
 if __name__ == '__main__':

@@ -23,11 +23,14 @@ parent's environment.
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable
 from collections.abc import Iterator
 import contextlib
+import dataclasses
 import os
 import shutil
 import tempfile
+import time
 from typing import Any
 
 from absl import flags
@@ -363,3 +366,60 @@ def pid_status(pid: int | str = 'self') -> dict[str, Any]:
       elif key == 'Threads':
         values['threads'] = int(value)
   return values
+
+
+@dataclasses.dataclass
+class Sample:
+  """One timed call: wall and CPU seconds, machine ticks during it."""
+
+  wall: float
+  cpu: float
+  worker_cpu: float
+  busy_ticks: float
+  total_ticks: float
+  result: Any
+
+
+def timed(call: Callable[[], Any], worker_pid: int) -> Sample:
+  busy, total = machine.machine_cpu_ticks()
+  worker_cpu = pid_cpu_seconds(worker_pid)
+  cpu = machine.process_cpu_seconds()
+  start = time.perf_counter()
+  result = call()
+  wall = time.perf_counter() - start
+  cpu = machine.process_cpu_seconds() - cpu
+  worker_cpu = pid_cpu_seconds(worker_pid) - worker_cpu
+  busy_after, total_after = machine.machine_cpu_ticks()
+  return Sample(
+    wall, cpu, worker_cpu, busy_after - busy, total_after - total, result
+  )
+
+
+def summary(samples: list[Sample]) -> dict[str, Any]:
+  """Wall, CPU and machine shares of a side's timed calls."""
+  wall = [s.wall for s in samples]
+  tick = os.sysconf('SC_CLK_TCK')
+  total = sum(s.total_ticks for s in samples)
+  busy = sum(s.busy_ticks for s in samples)
+  own = sum(s.cpu for s in samples) * tick
+  worker = sum(s.worker_cpu for s in samples) * tick
+  background = max(busy - own, 0.0) / total if total else 0.0
+  worker_share = worker / total if total else 0.0
+  return {
+    'median_seconds': round(float(np.median(wall)), 3),
+    'min_seconds': round(min(wall), 3),
+    'max_seconds': round(max(wall), 3),
+    'round_seconds': [round(t, 3) for t in wall],
+    'cpu_seconds_per_round': round(
+      float(np.median([s.cpu for s in samples])), 3
+    ),
+    'worker_cpu_seconds_per_round': round(
+      float(np.median([s.worker_cpu for s in samples])), 3
+    ),
+    'cores_used': round(
+      float(np.median([(s.cpu + s.worker_cpu) / s.wall for s in samples])), 2
+    ),
+    'background_cpu_fraction': round(background, 3),
+    'worker_cpu_fraction': round(worker_share, 3),
+    'other_cpu_fraction': round(max(background - worker_share, 0.0), 3),
+  }

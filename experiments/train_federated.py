@@ -28,6 +28,7 @@ from absl import flags
 
 from experiments import shared_flags
 from tff_brats.learning import fed_avg
+from tff_brats.runtime import devices
 from tff_brats.training import federated
 
 _CLIENT_EPOCHS_PER_ROUND = flags.DEFINE_integer(
@@ -78,6 +79,16 @@ _WORKER_ISOLATION = flags.DEFINE_enum(
   "user can open (Linux; needs user namespaces). 'none': on every network "
   'interface without TLS or authentication, as TFF itself does: anyone who '
   'can reach the port can run TensorFlow operations as you.',
+)
+_RUNTIME = flags.DEFINE_enum(
+  'runtime',
+  'auto',
+  list(devices.RUNTIMES),
+  "Where clients train. 'worker': inside TFF's C++ worker (CPU only: its "
+  "pip build has no CUDA). 'in_process': in this process with plain "
+  'TensorFlow, one client per GPU at a time (the CPU when there is no GPU), '
+  "then the same TFF aggregation and privacy. 'auto': in_process when a GPU "
+  'is visible, else worker. A run can resume on the other runtime.',
 )
 
 # The shared flags this binary reads; --help lists them with its own.
@@ -134,6 +145,7 @@ def main(argv: Sequence[str]) -> None:
       resume=shared_flags.RESUME.value,
       progress=shared_flags.PROGRESS.value,
       worker_isolation=_WORKER_ISOLATION.value,
+      runtime=_RUNTIME.value,
     )
   except ValueError as e:  # bad flags or data; the message says which
     raise SystemExit(f'train_federated: error: {e}') from None

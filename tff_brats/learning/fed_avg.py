@@ -237,6 +237,133 @@ def build_fed_avg_process(
     `initialize` draws random weights inside TFF; use `set_model_weights`
     to start from a model built (and seeded) by the caller.
   """
+  parts = _process_parts(
+    config, model_aggregator, server_optimizer, server_learning_rate
+  )
+  return tff.simulation.compose_dataset_computation_with_learning_process(
+    parts.dataset_computation, parts.compose()
+  )
+
+
+def client_output_type(config: ClientConfig) -> tff.types.Type:
+  """What one client hands over in `build_client_results_process`.
+
+  `(result, train)`: its `tff.learning.templates.ClientResult` (update ΔW
+  and weight n) and its `train` measurements, exactly what the client work
+  of `build_fed_avg_process` produces inside TFF.
+  """
+  client_work = _client_computations(config)[1]
+  result = client_work.next.type_signature.result
+  return tff.StructWithPythonType(
+    [
+      ('result', result.result.member),
+      ('train', result.measurements.member['train']),
+    ],
+    collections.OrderedDict,
+  )
+
+
+def build_client_results_process(
+  config: ClientConfig,
+  model_aggregator: tff.aggregators.WeightedAggregationFactory | None = None,
+  *,
+  server_optimizer: str = 'sgd',
+  server_learning_rate: float = 1.0,
+) -> tff.learning.templates.LearningProcess:
+  """`build_fed_avg_process` for clients that trained outside TFF.
+
+  `next(state, client_outputs)` takes one `client_output_type(config)`
+  value per client: the `ClientResult` and `train` measurements of a
+  client that trained from `state`'s global model (e.g. on a GPU in this
+  process: `tff_brats.learning.in_process`). Everything after the local
+  training is the same TFF code as in `build_fed_avg_process`: the same
+  distributor, the same aggregator (a privacy mechanism still runs at
+  CLIENTS, on each client's own update, before anything is summed), the
+  `train` measurements summed over the clients as the client work sums
+  them, and the same finaliser. `initialize`, `get_model_weights`,
+  `set_model_weights` and the hyper-parameter computations are those of
+  the composed process, so the two processes have identical state and
+  metric types and either resumes the other's checkpoints.
+  """
+  parts = _process_parts(
+    config, model_aggregator, server_optimizer, server_learning_rate
+  )
+  composed = parts.compose()
+  state_type = composed.initialize.type_signature.result
+  outputs_type = tff.FederatedType(client_output_type(config), tff.CLIENTS)
+  distributor = parts.distributor
+  aggregator = parts.aggregator
+  finalizer = parts.finalizer
+
+  @tff.federated_computation(state_type, outputs_type)
+  def next_fn(state, client_outputs):
+    # The clients trained from state.global_model_weights outside TFF; the
+    # distributor still runs for its state and measurements.
+    distributor_output = distributor.next(
+      state.distributor, state.global_model_weights
+    )
+    train = tff.federated_sum(client_outputs.train)
+    aggregator_output = aggregator.next(
+      state.aggregator,
+      client_outputs.result.update,
+      client_outputs.result.update_weight,
+    )
+    finalizer_output = finalizer.next(
+      state.finalizer, state.global_model_weights, aggregator_output.result
+    )
+    new_state = tff.federated_zip(
+      tff.learning.templates.LearningAlgorithmState(
+        finalizer_output.result,
+        distributor_output.state,
+        state.client_work,
+        aggregator_output.state,
+        finalizer_output.state,
+      )
+    )
+    metrics = tff.federated_zip(
+      collections.OrderedDict(
+        distributor=distributor_output.measurements,
+        client_work=tff.federated_zip(collections.OrderedDict(train=train)),
+        aggregator=aggregator_output.measurements,
+        finalizer=finalizer_output.measurements,
+      )
+    )
+    return tff.learning.templates.LearningProcessOutput(new_state, metrics)
+
+  return tff.learning.templates.LearningProcess(
+    composed.initialize,
+    next_fn,
+    composed.get_model_weights,
+    composed.set_model_weights,
+    get_hparams_fn=composed.get_hparams,
+    set_hparams_fn=composed.set_hparams,
+  )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Parts:
+  initial_model_weights_fn: Any
+  distributor: Any
+  client_work: Any
+  aggregator: Any
+  finalizer: Any
+  dataset_computation: Any
+
+  def compose(self) -> tff.learning.templates.LearningProcess:
+    """`compose_learning_process` of the parts (clients take datasets)."""
+    return tff.learning.templates.compose_learning_process(
+      self.initial_model_weights_fn,
+      self.distributor,
+      self.client_work,
+      self.aggregator,
+      self.finalizer,
+    )
+
+
+def _process_parts(
+  config, model_aggregator, server_optimizer, server_learning_rate
+) -> _Parts:
+  """The parts both processes are built from (arguments checked here)."""
   optimizer = build_server_optimizer(server_optimizer, server_learning_rate)
   if model_aggregator is None:
     model_aggregator = tff.aggregators.MeanFactory()
@@ -247,26 +374,21 @@ def build_fed_avg_process(
       'model_aggregator must be a tff.aggregators.WeightedAggregationFactory. '
       f'Found {type(model_aggregator).__name__}.'
     )
-
   initial_model_weights_fn, client_work, dataset_computation = (
     _client_computations(config)
   )
   weights_type = initial_model_weights_fn.type_signature.result
-  aggregator = model_aggregator.create(
-    weights_type.trainable, tff.TensorType(np.float32)
-  )
-  process = tff.learning.templates.compose_learning_process(
-    initial_model_weights_fn,
-    tff.learning.templates.build_broadcast_process(weights_type),
-    client_work,
-    aggregator,
-    tff.learning.templates.build_apply_optimizer_finalizer(
+  return _Parts(
+    initial_model_weights_fn=initial_model_weights_fn,
+    distributor=tff.learning.templates.build_broadcast_process(weights_type),
+    client_work=client_work,
+    aggregator=model_aggregator.create(
+      weights_type.trainable, tff.TensorType(np.float32)
+    ),
+    finalizer=tff.learning.templates.build_apply_optimizer_finalizer(
       optimizer, weights_type
     ),
-  )
-
-  return tff.simulation.compose_dataset_computation_with_learning_process(
-    dataset_computation, process
+    dataset_computation=dataset_computation,
   )
 
 

@@ -5,7 +5,9 @@
 each client's update privatised by the configured mechanism
 (`tff_brats.mechanisms`) before it is aggregated, on a TFF runtime the
 trainer owns (`tff_brats.runtime.local`: started here, stopped on return,
-error, Ctrl-C or SIGTERM).
+error, Ctrl-C or SIGTERM). Clients train inside that runtime's C++ worker
+(CPU only) or, with the in-process runtime, in this process over the GPUs
+(`tff_brats.learning.in_process`; `runtime.devices` chooses).
 
 The loop itself, `FederatedLoop`, takes the learning process and the
 context it runs in from outside: anything with `initialize`, `next(state,
@@ -81,9 +83,11 @@ from tff_brats.inference import options as options_lib
 from tff_brats.inference import predictors
 from tff_brats.learning import client_training
 from tff_brats.learning import fed_avg
+from tff_brats.learning import in_process
 from tff_brats.models import model_io
 from tff_brats.models import training_metadata
 from tff_brats.privacy import accounting
+from tff_brats.runtime import devices
 from tff_brats.runtime import local
 from tff_brats.training import federated_config
 from tff_brats.training import privacy_journal
@@ -126,19 +130,32 @@ def sample_clients(
 
 
 def build_learning_process(
-  config: FederatedConfig, model_aggregator
-) -> tff.learning.templates.LearningProcess:
-  """The run's TFF learning process (tens of seconds of tracing).
+  config: FederatedConfig, model_aggregator, runtime: str = 'worker'
+):
+  """The run's learning process (tens of seconds of tracing).
 
   Args:
     config: The hyper-parameters.
     model_aggregator: `config.model_aggregator(clients_per_round)`.
+    runtime: Where clients train: 'worker' (inside TFF's C++ worker: a
+      `tff.learning.templates.LearningProcess`) or 'in_process' (here, on
+      the training devices: `in_process.InProcessLearningProcess`, same
+      state and metric types).
   """
-  return fed_avg.build_fed_avg_process(
-    config.client_config(),
-    model_aggregator,
+  kwargs = dict(
     server_optimizer=config.server_optimizer,
     server_learning_rate=config.server_learning_rate,
+  )
+  if runtime == 'worker':
+    return fed_avg.build_fed_avg_process(
+      config.client_config(), model_aggregator, **kwargs
+    )
+  if runtime == 'in_process':
+    return in_process.InProcessLearningProcess(
+      config.client_config(), model_aggregator, **kwargs
+    )
+  raise ValueError(
+    f"runtime must be 'worker' or 'in_process'. Found {runtime!r}."
   )
 
 
@@ -149,8 +166,9 @@ def train_federated(
   resume: bool = False,
   progress: bool = True,
   worker_isolation: str = 'namespace',
+  runtime: str = 'auto',
 ) -> dict[str, Any]:
-  """Runs federated training on an owned local TFF worker.
+  """Runs federated training; TFF runs on a local worker the run owns.
 
   Args:
     config: The hyper-parameters.
@@ -159,6 +177,11 @@ def train_federated(
     progress: Show progress bars.
     worker_isolation: Where the worker listens (`runtime.local.LocalRuntime`'s
       `isolation`): 'namespace' (default) or 'none'.
+    runtime: Where clients train (`runtime.devices.RUNTIMES`): 'worker'
+      (TFF's C++ worker, CPU), 'in_process' (this process, over the GPUs,
+      else the CPU) or 'auto' (in_process when a GPU is visible). The
+      aggregation, privacy included, runs in TFF either way, and a run may
+      resume on the other runtime.
 
   Returns:
     The content of summary.json (see the module docstring).
@@ -167,22 +190,29 @@ def train_federated(
     ValueError: Bad arguments, an existing run folder without `resume`, or
       a resumed run with other hyper-parameters.
   """
+  runtime = devices.resolve_runtime(runtime)
   loop = FederatedLoop(config, run_dir)
   # The mechanism checks its options (e.g. a noise seed it cannot honour)
   # when it builds its aggregator: before anything is written.
   aggregator = config.model_aggregator(loop.clients_per_round)
   loop.prepare_run_dir(resume)
+  if runtime == 'in_process':
+    devices.configure_gpus()  # before anything runs on a GPU
   started = time.monotonic()
-  process = build_learning_process(config, aggregator)
+  process = build_learning_process(config, aggregator, runtime)
   logging.info(
-    'Built the learning process in %.1f s.', time.monotonic() - started
+    'Built the learning process in %.1f s; clients train %s.',
+    time.monotonic() - started,
+    "in TFF's C++ worker (CPU)"
+    if runtime == 'worker'
+    else f'in this process on {", ".join(process.pool.devices)}',
   )
-  runtime = local.LocalRuntime(
+  context = local.LocalRuntime(
     default_num_clients=loop.clients_per_round,
     log_dir=os.path.join(run_dir, 'logs'),
     isolation=worker_isolation,
   )
-  return loop.run(process, runtime=runtime, resume=resume, progress=progress)
+  return loop.run(process, runtime=context, resume=resume, progress=progress)
 
 
 class FederatedLoop:
