@@ -29,6 +29,7 @@ from absl import flags
 from experiments import shared_flags
 from tff_brats.learning import fed_avg
 from tff_brats.runtime import devices
+from tff_brats.runtime import sites
 from tff_brats.training import federated
 
 _CLIENT_EPOCHS_PER_ROUND = flags.DEFINE_integer(
@@ -90,6 +91,41 @@ _RUNTIME = flags.DEFINE_enum(
   "then the same TFF aggregation and privacy. 'auto': in_process when a GPU "
   'is visible, else worker. A run can resume on the other runtime.',
 )
+_SITES = flags.DEFINE_list(
+  'sites',
+  None,
+  "NAME=HOST:PORT,...: the sites that hold the institutions' data, each "
+  'running experiments/run_site.py. Clients then train on their own site; '
+  '--data_dir holds the validation cases. See "Running across hospitals".',
+)
+_TLS_CA = flags.DEFINE_string(
+  'tls_ca', None, "The study CA (PEM) that signed the sites' certificates."
+)
+_TLS_CERTIFICATE = flags.DEFINE_string(
+  'tls_certificate',
+  None,
+  "The coordinator's client certificate (PEM), for mutual TLS.",
+)
+_TLS_PRIVATE_KEY = flags.DEFINE_string(
+  'tls_private_key', None, "The coordinator's private key (PEM)."
+)
+_ALLOW_PLAINTEXT_SITES = flags.DEFINE_bool(
+  'allow_plaintext_sites',
+  False,
+  'Reach sites on other hosts without TLS. Anyone on the network path can '
+  'then read the model and the privatised updates, and anyone who can '
+  'reach a site can run TensorFlow operations there: only on a network you '
+  'fully trust.',
+)
+_SITE_TIMEOUT = flags.DEFINE_float(
+  'site_timeout',
+  3600.0,
+  'Seconds a site may take for its part of a round before the run stops '
+  'with an error naming it (resume with --resume).',
+)
+_SITE_CONNECT_TIMEOUT = flags.DEFINE_float(
+  'site_connect_timeout', 60.0, 'Seconds a site may take to answer at start.'
+)
 
 # The shared flags this binary reads; --help lists them with its own.
 shared_flags.declare_key_flags(
@@ -130,6 +166,33 @@ def config_from_flags() -> federated.FederatedConfig:
   )
 
 
+def site_kwargs() -> dict[str, Any]:
+  """`train_federated`'s site arguments from the flags.
+
+  Raises:
+    ValueError: Malformed --sites, or TLS files given without --tls_ca.
+  """
+  if not _SITES.value:
+    return {}
+  tls = None
+  if _TLS_CA.value is not None:
+    tls = sites.TlsOptions(
+      _TLS_CA.value, _TLS_CERTIFICATE.value, _TLS_PRIVATE_KEY.value
+    )
+  elif _TLS_CERTIFICATE.value or _TLS_PRIVATE_KEY.value:
+    raise ValueError(
+      'tls_ca must be given with tls_certificate and tls_private_key (the '
+      'CA that signed the sites). Found none.'
+    )
+  return dict(
+    sites=sites.parse_sites(_SITES.value),
+    tls=tls,
+    allow_plaintext_sites=_ALLOW_PLAINTEXT_SITES.value,
+    site_timeout=_SITE_TIMEOUT.value,
+    site_connect_timeout=_SITE_CONNECT_TIMEOUT.value,
+  )
+
+
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {list(argv[1:])}.')
@@ -146,8 +209,9 @@ def main(argv: Sequence[str]) -> None:
       progress=shared_flags.PROGRESS.value,
       worker_isolation=_WORKER_ISOLATION.value,
       runtime=_RUNTIME.value,
+      **site_kwargs(),
     )
-  except ValueError as e:  # bad flags or data; the message says which
+  except (ValueError, sites.SiteError) as e:  # the message says which
     raise SystemExit(f'train_federated: error: {e}') from None
   _print_summary(summary, run_dir)
 

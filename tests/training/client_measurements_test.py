@@ -57,7 +57,7 @@ def data_dir(tmp_path_factory):
   return root
 
 
-def _metrics_type(data_dir, mechanism, runtime='worker', **overrides):
+def _metrics_type(data_dir, mechanism, **overrides):
   config = federated.FederatedConfig(
     data_dir=data_dir,
     mechanism=mechanism,
@@ -66,10 +66,8 @@ def _metrics_type(data_dir, mechanism, runtime='worker', **overrides):
     **overrides,
   )
   process = federated.build_learning_process(
-    config, config.model_aggregator(clients_per_round=2), runtime
+    config, config.model_aggregator(clients_per_round=2)
   )
-  if runtime == 'in_process':  # its TFF part takes the clients' results
-    process = process.results_process
   return str(process.next.type_signature.result.metrics)
 
 
@@ -81,13 +79,6 @@ def test_every_mechanism_is_pinned():
 def test_by_default_clients_send_only_their_update_and_steps(data_dir, name):
   mechanism, expected = _EXPECTED[name]
   assert _metrics_type(data_dir, mechanism) == expected
-
-
-@pytest.mark.parametrize('statistics', [False, True])
-def test_the_in_process_runtime_sends_the_same(data_dir, statistics):
-  assert _metrics_type(
-    data_dir, _SVT, 'in_process', report_training_statistics=statistics
-  ) == _metrics_type(data_dir, _SVT, report_training_statistics=statistics)
 
 
 def test_simulation_switches_add_exactly_their_fields(data_dir):

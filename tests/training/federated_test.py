@@ -11,7 +11,6 @@ stand-in in federated_loop_test.py. Every run builds the TFF learning
 process (tens of seconds of tracing) and trains SegResNet-8 on 16³ crops.
 """
 
-import dataclasses
 import json
 import logging
 import os
@@ -203,48 +202,6 @@ def test_other_privacy_modes(
       # (dp_accounting's PLD; the analytic Gaussian mechanism gives the
       # same to two decimals).
       assert 3.5 < tight[client] < 5.0
-
-
-def test_in_process_runtime_and_resume_on_the_worker(
-  data_dir, tmp_path, monkeypatch
-):
-  """Round 1 with clients trained in this process, round 2 resumed in TFF."""
-  # The export is the same on both runtimes (test_sparse_vector_run).
-  monkeypatch.setattr(
-    federated.export,
-    'export_model_dir',
-    lambda model_dir, output_dir, overwrite: output_dir,
-  )
-  run_dir = str(tmp_path / 'switch')
-  config = federated.FederatedConfig(
-    data_dir=data_dir,
-    mechanism=mechanisms.SparseVector(0.1, 1e-3, 1.0, 1.0),
-    total_rounds=1,
-    crop_size=(16, 16, 16),
-    init_filters=8,
-    tumour_crop_probability=1.0,
-    num_overlay_cases=0,
-    seed=3,
-  )
-  federated.train_federated(
-    config, run_dir, progress=False, runtime='in_process'
-  )
-  _assert_no_worker_children()
-  resumed = dataclasses.replace(config, total_rounds=2)
-  summary = federated.train_federated(
-    resumed, run_dir, resume=True, progress=False, runtime='worker'
-  )
-  _assert_no_worker_children()
-  assert summary['rounds_completed'] == 2
-  rows = run_files.rows(run_dir)
-  assert [r['round'] for r in rows] == ['1', '2']
-  for row in rows:
-    # The SVT ran in TFF on every client's update on both runtimes.
-    assert float(row['released_min']) > 0
-    assert float(row['epsilon_per_client']) == 2.0  # ε + ε3
-  assert summary['privacy']['rounds_per_institution'] == dict.fromkeys(
-    _CLIENTS, 2
-  )
 
 
 def test_failed_run_leaves_no_worker(data_dir, tmp_path, monkeypatch):

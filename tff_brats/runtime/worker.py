@@ -103,6 +103,7 @@ class WorkerProcess:
     max_concurrent_computation_calls: int = -1,
     binary_path: str | None = None,
     isolation: str = 'namespace',
+    cwd: str | None = None,
   ):
     """Describes (but does not start) a worker.
 
@@ -115,6 +116,8 @@ class WorkerProcess:
       isolation: 'namespace' (a private network namespace, reached through
         a Unix socket) or 'none' (the host's network; see the module
         docstring).
+      cwd: The worker's working folder, against which relative paths in
+        computations resolve (a site's data root); default: this process's.
     """
     if not 0 < port < 65536:
       raise ValueError(f'port must be in [1, 65535]. Found {port}.')
@@ -134,6 +137,9 @@ class WorkerProcess:
     self._max_calls = max_concurrent_computation_calls
     self._binary_path = binary_path or worker_binary_path()
     self._process: subprocess.Popen[bytes] | None = None
+    if cwd is not None and not os.path.isdir(cwd):
+      raise ValueError(f'cwd must be an existing folder. Found {cwd!r}.')
+    self.cwd = cwd
 
   @property
   def address(self) -> str:
@@ -181,6 +187,7 @@ class WorkerProcess:
         stdout=log,
         stderr=subprocess.STDOUT,
         close_fds=True,
+        cwd=self.cwd,
         env=worker_environment(),
         start_new_session=True,
         preexec_fn=_kill_when_parent_dies,

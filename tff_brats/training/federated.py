@@ -60,6 +60,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import collections.abc
+from collections.abc import Mapping
 import contextlib
 import glob
 import json
@@ -89,6 +90,7 @@ from tff_brats.models import training_metadata
 from tff_brats.privacy import accounting
 from tff_brats.runtime import devices
 from tff_brats.runtime import local
+from tff_brats.runtime import sites as sites_lib
 from tff_brats.training import federated_config
 from tff_brats.training import privacy_journal
 from tff_brats.training import run_outputs
@@ -167,6 +169,11 @@ def train_federated(
   progress: bool = True,
   worker_isolation: str = 'namespace',
   runtime: str = 'auto',
+  sites: Mapping[str, str] | None = None,
+  tls: sites_lib.TlsOptions | None = None,
+  allow_plaintext_sites: bool = False,
+  site_timeout: float = sites_lib.DEFAULT_SITE_TIMEOUT,
+  site_connect_timeout: float = sites_lib.DEFAULT_CONNECT_TIMEOUT,
 ) -> dict[str, Any]:
   """Runs federated training; TFF runs on a local worker the run owns.
 
@@ -182,6 +189,17 @@ def train_federated(
       else the CPU) or 'auto' (in_process when a GPU is visible). The
       aggregation, privacy included, runs in TFF either way, and a run may
       resume on the other runtime.
+    sites: Site name -> address ('host:port', or 'unix:path' on this host)
+      of the sites that hold the institutions' data
+      (`experiments/run_site.py`; `runtime.sites`). Each institution's
+      clients then train on its site (runtime must be 'worker' or 'auto');
+      the coordinator keeps the validation cases of `config.data_dir`.
+    tls: The study CA and the coordinator's certificate and key for the
+      sites (mutual TLS). Without it, only sites on loopback are allowed.
+    allow_plaintext_sites: Allow plaintext to sites on other hosts (see
+      `runtime.tls.PLAINTEXT_RISK`).
+    site_timeout: Seconds a site may take for its part of a round.
+    site_connect_timeout: Seconds a site may take to answer at the start.
 
   Returns:
     The content of summary.json (see the module docstring).
@@ -189,30 +207,58 @@ def train_federated(
   Raises:
     ValueError: Bad arguments, an existing run folder without `resume`, or
       a resumed run with other hyper-parameters.
+    sites_lib.SiteError: A site is unreachable, misconfigured, or failed or
+      missed its deadline during a round (the message names it).
   """
-  runtime = devices.resolve_runtime(runtime)
-  loop = FederatedLoop(config, run_dir)
-  # The mechanism checks its options (e.g. a noise seed it cannot honour)
-  # when it builds its aggregator: before anything is written.
-  aggregator = config.model_aggregator(loop.clients_per_round)
-  loop.prepare_run_dir(resume)
-  if runtime == 'in_process':
-    devices.configure_gpus()  # before anything runs on a GPU
-  started = time.monotonic()
-  process = build_learning_process(config, aggregator, runtime)
-  logging.info(
-    'Built the learning process in %.1f s; clients train %s.',
-    time.monotonic() - started,
-    "in TFF's C++ worker (CPU)"
-    if runtime == 'worker'
-    else f'in this process on {", ".join(process.pool.devices)}',
-  )
-  context = local.LocalRuntime(
-    default_num_clients=loop.clients_per_round,
-    log_dir=os.path.join(run_dir, 'logs'),
-    isolation=worker_isolation,
-  )
-  return loop.run(process, runtime=context, resume=resume, progress=progress)
+  if sites:
+    if runtime not in ('auto', 'worker'):
+      raise ValueError(
+        f"runtime must be 'worker' or 'auto' with sites (the clients train "
+        f'on their sites). Found {runtime!r}.'
+      )
+    runtime = 'worker'
+    study = sites_lib.Sites(
+      sites,
+      tls=tls,
+      allow_plaintext=allow_plaintext_sites,
+      connect_timeout=site_connect_timeout,
+      site_timeout=site_timeout,
+    )
+    study.open()
+  else:
+    runtime = devices.resolve_runtime(runtime)
+    study = None
+  try:
+    loop = FederatedLoop(config, run_dir, clients=study)
+    # The mechanism checks its options (e.g. a noise seed it cannot honour)
+    # when it builds its aggregator: before anything is written.
+    aggregator = config.model_aggregator(loop.clients_per_round)
+    loop.prepare_run_dir(resume)
+    if runtime == 'in_process':
+      devices.configure_gpus()  # before anything runs on a GPU
+    started = time.monotonic()
+    process = build_learning_process(config, aggregator, runtime)
+    if study is not None:
+      process = sites_lib.SitesLearningProcess(process, study)
+      where = 'on their sites (' + ', '.join(study.connections) + ')'
+    elif runtime == 'worker':
+      where = "in TFF's C++ worker (CPU)"
+    else:
+      where = f'in this process on {", ".join(process.pool.devices)}'
+    logging.info(
+      'Built the learning process in %.1f s; clients train %s.',
+      time.monotonic() - started,
+      where,
+    )
+    context = local.LocalRuntime(
+      default_num_clients=loop.clients_per_round,
+      log_dir=os.path.join(run_dir, 'logs'),
+      isolation=worker_isolation,
+    )
+    return loop.run(process, runtime=context, resume=resume, progress=progress)
+  finally:
+    if study is not None:
+      study.close()
 
 
 class FederatedLoop:
@@ -225,8 +271,17 @@ class FederatedLoop:
     summary = loop.run(process, runtime=local.LocalRuntime(...))
   """
 
-  def __init__(self, config: FederatedConfig, run_dir: str):
+  def __init__(self, config: FederatedConfig, run_dir: str, clients=None):
     """Checks the prepared data against the config (nothing is written).
+
+    Args:
+      config: The hyper-parameters.
+      run_dir: The run folder.
+      clients: Where the institutions' data is: anything with
+        `institutions` (ids) and `shard_paths(id)`, e.g. the connected
+        `runtime.sites.Sites` (paths on each site). Default: the
+        institutions of `config.data_dir`, read here. The validation cases
+        are always those of `config.data_dir`.
 
     Raises:
       ValueError: No clients, too many clients per round, or no validation
@@ -235,16 +290,29 @@ class FederatedLoop:
     self.config = config
     self.run_dir = run_dir
     self.prepared = manifest_lib.load(config.data_dir)
-    self.client_ids = list(self.prepared.client_ids)
     root = self.prepared.root
+    self.on_sites = clients is not None
+    if clients is None:
+      self.client_ids = list(self.prepared.client_ids)
+      self._shard_paths = self.prepared.shard_paths
+      where = f'in {root!r}'
+    else:
+      self.client_ids = list(clients.institutions)
+      self._shard_paths = clients.shard_paths
+      where = 'on the sites'
+      if config.eval_per_institution:
+        raise ValueError(
+          'eval_per_institution must be off when institutions train on '
+          'sites: their cases stay there. Found it on.'
+        )
     if not self.client_ids:
-      raise ValueError(f'data_dir must have clients. Found none in {root!r}.')
+      raise ValueError(f'data_dir must have clients. Found none {where}.')
     if config.clients_per_round is not None and config.clients_per_round > len(
       self.client_ids
     ):
       raise ValueError(
         f'clients_per_round must be at most the {len(self.client_ids)} '
-        f'institutions of {root!r}. Found {config.clients_per_round}.'
+        f'institutions {where}. Found {config.clients_per_round}.'
       )
     self.validation = list(self.prepared.validation)[: config.max_eval_cases]
     if not self.validation:
@@ -449,14 +517,17 @@ class FederatedLoop:
     self.journal.append(release, round_num, clients, self.record)
     inputs = [
       collections.OrderedDict(
-        shard_paths=np.array(self.prepared.shard_paths(c), dtype=object),
+        shard_paths=np.array(self._shard_paths(c), dtype=object),
         data_key=fed_avg.client_data_key(
           config.seed, round_num, self.client_ids.index(c)
         ),
       )
       for c in clients
     ]
-    output = self.process.next(self.state, inputs)
+    if getattr(self.process, 'takes_client_ids', False):  # routes by site
+      output = self.process.next(self.state, inputs, client_ids=clients)
+    else:
+      output = self.process.next(self.state, inputs)
     self.state = output.state
     self.ledger.record_round(release, clients, self.record)
     self.next_release = release + 1
