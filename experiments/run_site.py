@@ -6,7 +6,8 @@ coordinator asks. This command:
 
 1. checks the prepared folder and that it holds the institutions named by
    `--institutions` (default: every institution in it);
-2. writes a private serving folder (`sites.write_serving_folder`):
+2. writes a private serving folder in `--worker_log_dir`
+   (`sites.write_serving_folder`):
    `site.json`, which lists the institutions it serves and their shard paths
    relative to the folder, and a link to the prepared data;
 3. starts TFF's C++ worker in a private network namespace, reachable only
@@ -89,7 +90,10 @@ _CLIENT_AUTHENTICATION = flags.DEFINE_bool(
   'only behind another authenticating proxy.',
 )
 _WORKER_LOG_DIR = flags.DEFINE_string(
-  'worker_log_dir', 'site_logs', "Folder for the TFF worker's log."
+  'worker_log_dir',
+  'site_logs',
+  "Folder for the TFF worker's log and, while the site runs, its serving "
+  'folder.',
 )
 _MAX_CONCURRENT_CALLS = flags.DEFINE_integer(
   'worker_max_concurrent_calls',
@@ -110,7 +114,9 @@ def main(argv: Sequence[str]) -> None:
   ]
   if missing:
     raise app.UsageError(f'run_site needs {", ".join(missing)}.')
-  serving = tempfile.mkdtemp(prefix='tff_brats-site-')  # mode 0700
+  os.makedirs(_WORKER_LOG_DIR.value, exist_ok=True)
+  # Mode 0700; removed on exit (a SIGKILL leaves it in --worker_log_dir).
+  serving = tempfile.mkdtemp(prefix='serving-', dir=_WORKER_LOG_DIR.value)
   try:
     prepared = manifest_lib.load(_DATA_DIR.value)
     institutions = _INSTITUTIONS.value or list(prepared.client_ids)

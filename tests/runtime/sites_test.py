@@ -306,7 +306,7 @@ def test_site_command_over_mutual_tls_and_a_site_killed_mid_round(
           errors.append(e)
 
       # Warm now: a short deadline keeps the test short.
-      sites.site_timeout = 8.0
+      sites.site_timeout = 5.0
       thread = threading.Thread(target=round_two)
       thread.start()
       started['s2'][0].kill()  # before s2 can have finished its part

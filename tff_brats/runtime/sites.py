@@ -202,9 +202,11 @@ class SiteConnection:
       self.channel = grpc.secure_channel(
         self.address, self._tls.credentials(), _GRPC_OPTIONS
       )
+    ready = grpc.channel_ready_future(self.channel)
     try:
-      grpc.channel_ready_future(self.channel).result(timeout=timeout)
+      ready.result(timeout=timeout)
     except grpc.FutureTimeoutError:
+      ready.cancel()
       self.close()
       raise SiteError(
         f'{self} did not answer within {timeout:.0f} s: it is down, the '
