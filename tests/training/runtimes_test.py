@@ -1,23 +1,14 @@
-"""The federated trainer on its other runtimes, end to end.
+"""The federated trainer with its clients on sites, end to end.
 
 Through `train_federated` as the binary runs it (the loop, the TFF
-aggregation with the SVT, evaluation and outputs), one round each:
-
-* clients trained in this process (`runtime='in_process'`);
-* clients trained on two sites that hold their data (`sites=...`): two
-  workers in their own serving folders, each with its own copy of only its
-  institutions' data, reached through Unix sockets. The coordinator's
-  folder has the validation cases only.
-
-Both runs share one configuration, so the client computations are traced
-once (`fed_avg` caches them). That a checkpoint of either runtime resumes
-on the other is tested on the processes themselves
-(tests/learning/in_process_test.py), and the sites' TLS, routing errors and
-a killed site in tests/runtime/sites_test.py.
+aggregation with the SVT, evaluation and outputs), one round with the
+clients trained on two sites that hold their data (`sites=...`): two
+workers in their own serving folders, each with its own copy of only its
+institution's data, reached through Unix sockets. The coordinator's folder
+has the validation cases only. The sites' TLS, routing errors and a killed
+site are tested in tests/runtime/sites_test.py; the in-process runtime end
+to end in tests/training/federated_test.py.
 """
-
-import json
-import os
 
 import grpc
 import portpicker
@@ -69,20 +60,6 @@ def _check_round(run_dir, summary):
   assert float(row['epsilon_per_client']) == 2.0  # ε + ε3
   assert 0.0 <= float(row['val_dice_mean']) <= 1.0
   assert summary['privacy']['rounds_per_institution'] == {'a': 1, 'b': 1}
-
-
-def test_a_round_on_the_in_process_runtime(tmp_path):
-  data_dir = str(tmp_path / 'prepared')
-  testing_utils.write_prepared_folder(data_dir, SHAPES)
-  run_dir = str(tmp_path / 'run')
-  summary = federated.train_federated(
-    _config(data_dir), run_dir, progress=False, runtime='in_process'
-  )
-  assert testing_utils.stray_worker_pids() == []
-  _check_round(run_dir, summary)
-  # The runtime is not a hyper-parameter: --resume may switch it.
-  with open(os.path.join(run_dir, 'hparams.json')) as f:
-    assert 'runtime' not in json.dumps(json.load(f))
 
 
 def test_a_round_on_two_sites(tmp_path):
