@@ -47,11 +47,10 @@ import time
 from absl import app
 from absl import flags
 from absl import logging
-import grpc
 import portpicker
-import tensorflow_federated as tff
 
 from tff_brats.data import manifest as manifest_lib
+from tff_brats.runtime import local
 from tff_brats.runtime import sites
 from tff_brats.runtime import tls
 from tff_brats.runtime import worker as worker_lib
@@ -174,13 +173,11 @@ def serve(prepared, institutions, serving, terminator_for) -> int:
     cwd=serving,
   )
   for signum in (signal.SIGTERM, signal.SIGHUP):
-    signal.signal(signum, _exit_on_signal)
+    signal.signal(signum, local.exit_on_signal)
   terminator = None
   try:
     worker.start()
-    with grpc.insecure_channel(worker.address) as channel:
-      stub = tff.framework.RemoteExecutorGrpcStub(channel)
-      worker.wait_until(lambda: stub.is_ready, _STARTUP_TIMEOUT)
+    local.wait_for_worker(worker, _STARTUP_TIMEOUT)
     terminator = terminator_for(worker.address)
     terminator.start()
     # One line a deployment script can wait for.
@@ -207,11 +204,6 @@ def serve(prepared, institutions, serving, terminator_for) -> int:
     if terminator is not None:
       terminator.close()
     worker.stop()
-
-
-def _exit_on_signal(signum, frame) -> None:
-  del frame
-  raise SystemExit(128 + signum)
 
 
 def run_main() -> None:

@@ -28,6 +28,7 @@ from tests import testing_utils
 from tff_brats import mechanisms
 from tff_brats.learning import fed_avg
 from tff_brats.runtime import certificates
+from tff_brats.runtime import local
 from tff_brats.runtime import sites as sites_lib
 from tff_brats.runtime import worker as worker_lib
 
@@ -93,11 +94,7 @@ def site_workers(tmp_path_factory):
 
 
 def _wait_ready(worker):
-  import grpc
-
-  with grpc.insecure_channel(worker.address) as channel:
-    stub = tff.framework.RemoteExecutorGrpcStub(channel)
-    worker.wait_until(lambda: stub.is_ready, 60)
+  local.wait_for_worker(worker, 60)
 
 
 @pytest.fixture(scope='module')

@@ -54,9 +54,7 @@ def worker(tmp_path_factory):
   process = worker_lib.WorkerProcess(portpicker.pick_unused_port(), log)
   process.start()
   try:
-    with grpc.insecure_channel(process.address) as channel:
-      stub = tff.framework.RemoteExecutorGrpcStub(channel)
-      process.wait_until(lambda: stub.is_ready, 60)
+    local.wait_for_worker(process, 60)
     yield process
   finally:
     process.stop()
@@ -97,7 +95,7 @@ def _ready(channel, timeout=5.0) -> bool:
 @contextlib.contextmanager
 def _remote_context(channel):
   stub = tff.framework.RemoteExecutorGrpcStub(channel)
-  tff.framework.set_default_context(local._sync_context(stub, 1))
+  tff.framework.set_default_context(local.remote_context(stub, 1))
   try:
     yield
   finally:

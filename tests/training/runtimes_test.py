@@ -10,14 +10,13 @@ site are tested in tests/runtime/sites_test.py; the in-process runtime end
 to end in tests/training/federated_test.py.
 """
 
-import grpc
 import portpicker
 import pytest
-import tensorflow_federated as tff
 
 from tests import testing_utils
 from tests.training import run_files
 from tff_brats import mechanisms
+from tff_brats.runtime import local
 from tff_brats.runtime import sites as sites_lib
 from tff_brats.runtime import worker as worker_lib
 from tff_brats.training import federated
@@ -87,9 +86,7 @@ def test_a_round_on_two_sites(tmp_path):
       workers.append(worker)
       addresses[name] = worker.address
     for worker in workers:
-      with grpc.insecure_channel(worker.address) as channel:
-        stub = tff.framework.RemoteExecutorGrpcStub(channel)
-        worker.wait_until(lambda s=stub: s.is_ready, 60)
+      local.wait_for_worker(worker, 60)
     coordinator = testing_utils.write_prepared_folder(
       str(tmp_path / 'coordinator'), {}
     )

@@ -44,7 +44,7 @@ from tff_brats.utils import checks
 
 # TFF's own limits for the local gRPC channel (2 GB messages).
 _GRPC_MAX_MESSAGE_BYTES = 2 * 1000 * 1000 * 1000
-_GRPC_CHANNEL_OPTIONS = [
+GRPC_CHANNEL_OPTIONS = [
   ('grpc.max_message_length', _GRPC_MAX_MESSAGE_BYTES),
   ('grpc.max_receive_message_length', _GRPC_MAX_MESSAGE_BYTES),
   ('grpc.max_send_message_length', _GRPC_MAX_MESSAGE_BYTES),
@@ -148,7 +148,7 @@ class LocalRuntime:
       started = time.monotonic()
       # Plaintext, but only to loopback or to a Unix socket of this user.
       self._channel = grpc.insecure_channel(
-        self._worker.address, _GRPC_CHANNEL_OPTIONS
+        self._worker.address, GRPC_CHANNEL_OPTIONS
       )
       stub = tff.framework.RemoteExecutorGrpcStub(self._channel)
       self._worker.wait_until(lambda: stub.is_ready, self._startup_timeout)
@@ -164,7 +164,7 @@ class LocalRuntime:
         time.monotonic() - started,
         log_path,
       )
-      self._context = _sync_context(stub, self._default_num_clients)
+      self._context = remote_context(stub, self._default_num_clients)
       tff.framework.set_default_context(self._context)
     except BaseException:
       self.close()
@@ -209,13 +209,13 @@ class LocalRuntime:
       return
     for signum in _HANDLED_SIGNALS:
       if signal.getsignal(signum) is signal.SIG_DFL:
-        self._previous_handlers[signum] = signal.signal(signum, _exit_on_signal)
+        self._previous_handlers[signum] = signal.signal(signum, exit_on_signal)
 
   def _restore_signal_handlers(self) -> None:
     if threading.current_thread() is not threading.main_thread():
       return
     for signum, handler in self._previous_handlers.items():
-      if signal.getsignal(signum) is _exit_on_signal:
+      if signal.getsignal(signum) is exit_on_signal:
         signal.signal(signum, handler)
     self._previous_handlers.clear()
 
@@ -228,7 +228,8 @@ def close_all() -> None:
     rt.close()
 
 
-def _exit_on_signal(signum, frame) -> None:
+def exit_on_signal(signum, frame) -> None:
+  """A SIGTERM/SIGHUP handler that unwinds as Ctrl-C does (SystemExit)."""
   del frame  # unused
   logging.warning(
     'Received %s; stopping TFF workers and exiting.',
@@ -237,8 +238,25 @@ def _exit_on_signal(signum, frame) -> None:
   raise SystemExit(128 + signum)
 
 
-def _sync_context(stub, default_num_clients: int):
-  """A sync TFF context whose executors run on the worker behind `stub`."""
+def wait_for_worker(worker, timeout: float) -> None:
+  """Waits until `worker` (a started `worker.WorkerProcess`) serves.
+
+  Raises:
+    RuntimeError: It ended or was not ready in time (`wait_until`).
+  """
+  with grpc.insecure_channel(worker.address, GRPC_CHANNEL_OPTIONS) as channel:
+    stub = tff.framework.RemoteExecutorGrpcStub(channel)
+    worker.wait_until(lambda: stub.is_ready, timeout)
+
+
+def remote_context(
+  stub,
+  default_num_clients: int,
+  context_type=tff.framework.SyncExecutionContext,
+):
+  """A TFF context (sync, or `tff.framework.AsyncExecutionContext`) whose
+  executors run on the worker behind `stub`; computations whose arguments
+  do not fix the CLIENTS cardinality get `default_num_clients`."""
 
   def stack_fn(cardinalities):
     if cardinalities.get(tff.CLIENTS) is None:
@@ -250,7 +268,7 @@ def _sync_context(stub, default_num_clients: int):
   factory = tff.framework.ResourceManagingExecutorFactory(
     executor_stack_fn=stack_fn
   )
-  return tff.framework.SyncExecutionContext(
+  return context_type(
     executor_fn=factory,
     compiler_fn=tff.backends.native.desugar_and_transform_to_native,
     transform_args=tff.tensorflow.transform_args,

@@ -48,6 +48,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_brats.data import manifest as manifest_lib
+from tff_brats.runtime import local
 from tff_brats.runtime import tls as tls_lib
 from tff_brats.utils import atomic
 
@@ -56,11 +57,6 @@ DATA_LINK = 'data'
 FORMAT_VERSION = 1
 DEFAULT_CONNECT_TIMEOUT = 60.0
 DEFAULT_SITE_TIMEOUT = 3600.0
-_GRPC_OPTIONS = [
-  ('grpc.max_message_length', 2 * 1000 * 1000 * 1000),
-  ('grpc.max_receive_message_length', 2 * 1000 * 1000 * 1000),
-  ('grpc.max_send_message_length', 2 * 1000 * 1000 * 1000),
-]
 
 
 class SiteError(RuntimeError):
@@ -196,11 +192,12 @@ class SiteConnection:
       SiteError: Not ready within `timeout` seconds (down, wrong address,
         or a TLS failure such as a certificate the site does not accept).
     """
+    options = local.GRPC_CHANNEL_OPTIONS
     if self._tls is None:
-      self.channel = grpc.insecure_channel(self.address, _GRPC_OPTIONS)
+      self.channel = grpc.insecure_channel(self.address, options)
     else:
       self.channel = grpc.secure_channel(
-        self.address, self._tls.credentials(), _GRPC_OPTIONS
+        self.address, self._tls.credentials(), options
       )
     ready = grpc.channel_ready_future(self.channel)
     try:
@@ -214,22 +211,12 @@ class SiteConnection:
         'name the site certificate does not cover, or plaintext against '
         'TLS). Check that run_site.py is running there and its log.'
       ) from None
-    stub = tff.framework.RemoteExecutorGrpcStub(self.channel)
-
-    def stack_fn(cardinalities):
-      if cardinalities.get(tff.CLIENTS) is None:  # a computation without
-        cardinalities[tff.CLIENTS] = 1  # clients (the worker needs one)
-      executor = tff.framework.RemoteExecutor(stub)
-      executor.set_cardinalities(cardinalities)
-      return executor
-
-    self.context = tff.framework.AsyncExecutionContext(
-      executor_fn=tff.framework.ResourceManagingExecutorFactory(
-        executor_stack_fn=stack_fn
-      ),
-      compiler_fn=tff.backends.native.desugar_and_transform_to_native,
-      transform_args=tff.tensorflow.transform_args,
-      transform_result=tff.tensorflow.transform_result,
+    # A computation without clients (reading site.json) still needs a
+    # CLIENTS cardinality on the worker: one.
+    self.context = local.remote_context(
+      tff.framework.RemoteExecutorGrpcStub(self.channel),
+      1,
+      tff.framework.AsyncExecutionContext,
     )
 
   async def invoke(self, computation, arg, timeout: float):
