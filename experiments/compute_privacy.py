@@ -16,12 +16,19 @@ Examples:
   python -m experiments.compute_privacy --privacy_mechanism=gaussian \
     --target_epsilon=5 --solve_for=noise_multiplier --total_rounds=50
 
+  # Patient-level DP-SGD: the noise multiplier for ε = 8 per patient over
+  # 20 rounds of 8 steps, each case in a step's lot with probability 1/4:
+  python -m experiments.compute_privacy --privacy_mechanism=dp_sgd \
+    --target_epsilon=8 --solve_for=noise_multiplier --total_rounds=20 \
+    --sampling_probability=0.25 --local_steps=8
+
 Prints the per-round guarantee, the mechanism's internals and the total ε
-per institution at δ (summed, RDP and tight; worst case and expected
+per institution (or per patient, for dp_sgd) at δ (summed, RDP and tight; worst case and expected
 participation), and what the guarantee does not cover. The mechanism's
 parameters are the flags named like its fields (`--shared_fraction`,
 `--clip_bound`, `--selection_epsilon`, `--release_epsilon`, `--threshold`;
-`--noise_multiplier`, `--l2_norm_clip`). See
+`--noise_multiplier`, `--l2_norm_clip`, `--sampling_probability`,
+`--local_steps`). See
 `tff_brats.mechanisms.privacy_report.run_compute_privacy`.
 """
 

@@ -34,6 +34,7 @@ from tff_brats.inference import options as options_lib
 from tff_brats.inference import sliding_window
 from tff_brats.learning import client_training
 from tff_brats.models import precision
+from tff_brats.models import segresnet
 
 FLAGS = flags.FLAGS
 
@@ -110,6 +111,18 @@ TUMOUR_CROP_PROBABILITY = flags.DEFINE_float(
 )
 INIT_FILTERS = flags.DEFINE_integer(
   'init_filters', 16, "SegResNet's initial filters (16: 4,702,227 values)."
+)
+BLOCKS_DOWN = flag_types.DEFINE_int_list(
+  'blocks_down',
+  list(segresnet.DEFAULT_BLOCKS_DOWN),
+  "SegResNet's residual blocks per encoder level (its length is the number "
+  'of resolution levels; e.g. 1,1 for a fast two-level model).',
+)
+BLOCKS_UP = flag_types.DEFINE_int_list(
+  'blocks_up',
+  list(segresnet.DEFAULT_BLOCKS_UP),
+  "SegResNet's residual blocks per decoder stage (one fewer than "
+  '--blocks_down).',
 )
 LOSS = flags.DEFINE_enum(
   'loss', 'dice_bce', list(client_training.LOSSES), 'Soft Dice (+ BCE).'
@@ -198,7 +211,8 @@ PRIVACY_MECHANISM = flags.DEFINE_enum(
   'sparse_vector',
   list(mechanisms.NAMES),
   'What each round sends: none, selective_sharing, sparse_vector (client-'
-  'side) or gaussian (TFF DP-FedAvg).',
+  'side), gaussian (TFF DP-FedAvg; ε per institution) or dp_sgd '
+  '(patient-level DP-SGD at every client; ε per patient).',
 )
 SHARED_FRACTION = flags.DEFINE_float(
   'shared_fraction',
@@ -226,12 +240,23 @@ NORMALIZE_BY_STEPS = flags.DEFINE_bool(
   'Clip the per-step update ΔW/n (selective_sharing, sparse_vector).',
 )
 NOISE_MULTIPLIER = flags.DEFINE_float(
-  'noise_multiplier', None, 'gaussian: noise stddev / --l2_norm_clip.'
+  'noise_multiplier',
+  None,
+  'gaussian, dp_sgd: noise stddev / --l2_norm_clip.',
 )
 L2_NORM_CLIP = flags.DEFINE_float(
   'l2_norm_clip',
   0.1,
-  "gaussian: L2 bound C of one client's whole update.",
+  "L2 bound C: of one client's whole update (gaussian), of one case's "
+  'gradient in a step (dp_sgd).',
+)
+SAMPLING_PROBABILITY = flags.DEFINE_float(
+  'sampling_probability',
+  0.25,
+  "dp_sgd: q, each case's chance to be in a step's (Poisson) lot.",
+)
+LOCAL_STEPS = flags.DEFINE_integer(
+  'local_steps', 8, 'dp_sgd: T, DP-SGD steps per client and round.'
 )
 
 # `--privacy_mechanism` and every mechanism's parameter flags.
@@ -259,6 +284,8 @@ TRAINER_FLAGS = (
   'crops_per_case',
   'tumour_crop_probability',
   'init_filters',
+  'blocks_down',
+  'blocks_up',
   'loss',
   'precision',
   'eval_window',
@@ -305,6 +332,8 @@ def trainer_kwargs() -> dict[str, Any]:
     crops_per_case=CROPS_PER_CASE.value,
     tumour_crop_probability=TUMOUR_CROP_PROBABILITY.value,
     init_filters=INIT_FILTERS.value,
+    blocks_down=tuple(BLOCKS_DOWN.value),
+    blocks_up=tuple(BLOCKS_UP.value),
     loss=LOSS.value,
     precision=PRECISION.value,
     eval_window=None if eval_window is None else tuple(eval_window),

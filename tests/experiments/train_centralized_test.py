@@ -57,7 +57,12 @@ def test_config_defaults_are_the_librarys(tmp_path):
 
 
 def test_config_from_flags(tmp_path):
-  with flagsaver.as_parsed(crop_size='16,16,24', eval_window='32,32,32'):
+  with flagsaver.as_parsed(
+    crop_size='16,16,24',
+    eval_window='32,32,32',
+    blocks_down='2,1',
+    blocks_up='1',
+  ):
     with flagsaver.flagsaver(
       data_dir='prepared',
       epochs=3,
@@ -81,6 +86,8 @@ def test_config_from_flags(tmp_path):
     crop_size=(16, 16, 24),
     batch_size=2,
     init_filters=8,
+    blocks_down=(2, 1),
+    blocks_up=(1,),
     loss='dice',
     tumour_crop_probability=0.5,
     crops_per_case=2,
@@ -155,6 +162,8 @@ def test_train_evaluate_export_predict(nifti_dir, tmp_path, capsys, caplog):
     epochs=2,
     crop_size=[16, 16, 16],
     init_filters=8,
+    blocks_down=[1, 1],
+    blocks_up=[1],
     learning_rate=1e-3,
     progress=False,
   )

@@ -44,7 +44,12 @@ def test_config_defaults_are_the_librarys(tmp_path):
 
 
 def test_config_from_flags():
-  with flagsaver.as_parsed(crop_size='16,16,16', eval_window='24,24,24'):
+  with flagsaver.as_parsed(
+    crop_size='16,16,16',
+    eval_window='24,24,24',
+    blocks_down='1,2',
+    blocks_up='3',
+  ):
     with flagsaver.flagsaver(
       data_dir='prepared',
       privacy_mechanism='gaussian',
@@ -90,6 +95,8 @@ def test_config_from_flags():
     crops_per_case=3,
     tumour_crop_probability=1.0,
     init_filters=8,
+    blocks_down=(1, 2),
+    blocks_up=(3,),
     loss='dice',
     target_epsilon=20.0,
     delta=1e-6,

@@ -523,3 +523,53 @@ class TestExecution:
     # of the two moves a value by at most (2·2γ + 1·γ) / 3 = 5γ/3.
     bound = (STEPS[0] ** 2 + STEPS[1] ** 2) / sum(STEPS) * gamma
     assert _max_difference(new, initial) <= bound * (1 + 1e-5)
+
+
+class TestDpSgdRound:
+  def test_round_is_the_mean_of_the_clients_dp_sgd(self, runtime, folder):
+    # With a noise seed the lots and the noise are a function of (seed,
+    # data key), so the round inside TFF can be replayed outside it.
+    mechanism = mechanisms.DpSgd(
+      noise_multiplier=0.5,
+      l2_norm_clip=0.1,
+      sampling_probability=0.5,
+      local_steps=3,
+    )
+    config = fed_avg.ClientConfig(
+      model_config=MODEL_CONFIG,
+      crop_size=CROP,
+      dp_sgd=mechanism.client_training(noise_seed=9),
+    )
+    process = fed_avg.build_fed_avg_process(
+      config, mechanism.aggregation_factory()
+    )
+    element = process.next.type_signature.parameter[1].member
+    assert str(element.shard_paths) == 'str[?]'  # clients still send paths
+    state = process.initialize()
+    initial = [
+      np.asarray(w) for w in process.get_model_weights(state).trainable
+    ]
+    keys = [fed_avg.client_data_key(SEED, 1, i) for i in range(len(CLIENTS))]
+    output = process.next(state, _client_inputs(folder, keys))
+    new = process.get_model_weights(output.state).trainable
+    train = output.metrics['client_work']['train']
+    assert train['num_clients'] == 2
+    assert train['steps'] == 6.0  # T = 3 each, whatever the lots were
+
+    trainer = fed_avg.make_client_trainer(config, config.build_model())
+    updates = []
+    for client, key in zip(CLIENTS, keys, strict=True):
+      dataset = fed_avg.make_client_dataset(
+        tf.constant(folder.shard_paths(client)), key, config
+      )
+      out = trainer.train(initial, dataset)
+      assert float(out['steps']) == 3.0
+      updates.append([u.numpy() for u in out['update']])
+    expected = [
+      w - (a + b) / 2
+      for w, a, b in zip(initial, updates[0], updates[1], strict=True)
+    ]
+    tolerance = 2e-6
+    for actual, want in zip(new, expected, strict=True):
+      np.testing.assert_allclose(actual, want, rtol=0, atol=tolerance)
+    assert _max_difference(new, initial) > 100 * tolerance

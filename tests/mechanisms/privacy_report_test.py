@@ -92,7 +92,7 @@ def test_sparse_vector_report():
     'step count n',
     'worst case: every round',
     'expected: ⌈pR⌉ rounds, not a bound',
-    'one round: ε = 0.2000 at δ = 1e-05 (PLD)',
+    'one round: ε per institution = 0.2000 at δ = 1e-05 (PLD)',
     'Update: N = 4,702,227 values (num_values).',
   ):
     assert text in report
@@ -237,7 +237,7 @@ def test_parameters_of_other_mechanisms_are_ignored():
     (
       dict(privacy_mechanism='laplace'),
       r'privacy_mechanism must be one of none, selective_sharing, '
-      r'sparse_vector, gaussian',
+      r'sparse_vector, gaussian, dp_sgd',
     ),
     (dict(**_svt(), delta=0.0), r'delta must be in \(0, 1\). Found 0.0.'),
     (

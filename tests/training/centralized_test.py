@@ -42,6 +42,8 @@ def _config(data_dir, **overrides):
     epochs=2,
     crop_size=(16, 16, 16),
     init_filters=8,
+    blocks_down=(1, 1),
+    blocks_up=(1,),
     tumour_crop_probability=1.0,
     learning_rate=1e-3,
     seed=3,

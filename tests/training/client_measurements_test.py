@@ -10,7 +10,9 @@ its step count; the measurements are then
 * `aggregator/privatization` (client-side mechanisms): `num_clients`, the
   released counts (post-processing of the privatised update: its non-zero
   entries) and `epsilon_per_client` (public);
-* TFF's Gaussian aggregator's own (empty) query metrics;
+* TFF's Gaussian aggregator's own (empty) query metrics, and the plain
+  mean's (empty) ones under DP-SGD (whose step count is the same T for
+  every client);
 * `finalizer/update_non_finite`: computed at the server from the aggregate.
 
 A new measurement (an unprivatised statistic of a client's data) changes
@@ -47,6 +49,12 @@ _EXPECTED = {
     f'<distributor=<>,{_TRAIN},aggregator=<dp_query_metrics=<>,dp=<>>,'
     'finalizer=<update_non_finite=int32>>@SERVER',
   ),
+  # The clients' training is private; the step count is T for everyone.
+  'dp_sgd': (
+    mechanisms.DpSgd(noise_multiplier=1.0),
+    f'<distributor=<>,{_TRAIN},aggregator=<mean_value=<>,mean_weight=<>>,'
+    'finalizer=<update_non_finite=int32>>@SERVER',
+  ),
 }
 
 
@@ -63,6 +71,8 @@ def _metrics_type(data_dir, mechanism, **overrides):
     mechanism=mechanism,
     crop_size=(16, 16, 16),
     init_filters=8,
+    blocks_down=(1, 1),
+    blocks_up=(1,),
     **overrides,
   )
   process = federated.build_learning_process(

@@ -106,9 +106,32 @@ def test_model_aggregator_comes_from_the_mechanism():
 
 def test_client_config():
   client = _config(client_epochs_per_round=2, init_filters=8).client_config()
-  assert client.model_config == {'init_filters': 8}
+  assert client.model_config == {
+    'init_filters': 8,
+    'blocks_down': (1, 2, 2, 4),
+    'blocks_up': (1, 1, 1),
+  }
+  shallow = _config(blocks_down=[1, 1], blocks_up=[2]).client_config()
+  assert shallow.model_config['blocks_down'] == (1, 1)
+  assert shallow.model_config['blocks_up'] == (2,)
+  assert (
+    shallow.build_model().count_params() < client.build_model().count_params()
+  )
   assert client.client_epochs_per_round == 2
   assert client.crop_size == (16, 16, 16)
+
+
+@pytest.mark.parametrize(
+  'blocks_down, blocks_up, message',
+  [
+    ((), (), 'blocks_down must be a non-empty'),
+    ((1, 1), (), 'blocks_up must have one entry fewer'),
+    ((1, -1), (1,), 'blocks_down must be a sequence of non-negative'),
+  ],
+)
+def test_bad_architecture(blocks_down, blocks_up, message):
+  with pytest.raises(ValueError, match=message):
+    _config(blocks_down=blocks_down, blocks_up=blocks_up)
 
 
 def test_a_fixed_noise_seed_records_no_guarantee():

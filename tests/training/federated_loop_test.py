@@ -57,6 +57,8 @@ def _config(data_dir, **overrides):
     total_rounds=2,
     crop_size=(16, 16, 16),
     init_filters=8,
+    blocks_down=(1, 1),
+    blocks_up=(1,),
     tumour_crop_probability=1.0,
     rounds_per_eval=10,
     rounds_per_checkpoint=10,

@@ -22,6 +22,7 @@ import time
 
 from absl import flags
 from absl.testing import flagsaver
+import dp_accounting
 import numpy as np
 import pytest
 
@@ -64,6 +65,8 @@ def _binary_flags(data_dir, root):
     '--total_rounds=3',
     '--crop_size=16,16,16',
     '--init_filters=8',
+    '--blocks_down=1,1',
+    '--blocks_up=1',
     '--client_epochs_per_round=10',
     '--tumour_crop_probability=1',
     '--rounds_per_eval=1',
@@ -170,6 +173,13 @@ def test_sparse_vector_run(svt_run):
       'finite',
       'worker',
     ),
+    (
+      mechanisms.DpSgd(
+        noise_multiplier=1.0, sampling_probability=0.5, local_steps=2
+      ),
+      'patient',
+      'worker',
+    ),
   ],
   ids=lambda value: getattr(value, 'name', value),
 )
@@ -191,6 +201,8 @@ def test_other_privacy_modes(
     clients_per_round=2,
     crop_size=(16, 16, 16),
     init_filters=8,
+    blocks_down=(1, 1),
+    blocks_up=(1,),
     tumour_crop_probability=1.0,
     num_overlay_cases=0,
     seed=3,
@@ -201,6 +213,12 @@ def test_other_privacy_modes(
   _assert_no_worker_children()
   (row,) = run_files.rows(run_dir)
   assert row['clients'] == '2'
+  unit = 'patient' if epsilon == 'patient' else 'institution'
+  assert summary['privacy']['unit'] == unit
+  with open(os.path.join(run_dir, federated.LEDGER_TABLE)) as f:
+    assert f.readline().startswith(f'Privacy spent per {unit}')
+  if epsilon == 'patient':
+    assert row['steps'] == '4'  # T = 2 per client, whatever the lots
   if runtime == 'in_process':
     # The runtime is not a hyper-parameter: --resume may switch it.
     with open(os.path.join(run_dir, 'hparams.json')) as f:
@@ -216,6 +234,17 @@ def test_other_privacy_modes(
       assert tight[client] == 0.0
     elif epsilon is None:  # no DP claim: ε = ∞, reported as null
       assert tight[client] is None
+    elif epsilon == 'patient':
+      # Two Poisson-sampled (q = 1/2) Gaussian steps with z = 1, per
+      # patient, straight from dp_accounting.
+      event = dp_accounting.SelfComposedDpEvent(
+        dp_accounting.PoissonSampledDpEvent(
+          0.5, dp_accounting.GaussianDpEvent(1.0)
+        ),
+        2,
+      )
+      want = dp_accounting.pld.PLDAccountant().compose(event).get_epsilon(1e-5)
+      assert tight[client] == pytest.approx(want, rel=1e-6)
     else:
       # One unsampled Gaussian round with z = 1 at δ = 1e-5: about 4.4
       # (dp_accounting's PLD; the analytic Gaussian mechanism gives the
@@ -241,6 +270,8 @@ def test_failed_run_leaves_no_worker(data_dir, tmp_path, monkeypatch):
     total_rounds=1,
     crop_size=(16, 16, 16),
     init_filters=8,
+    blocks_down=(1, 1),
+    blocks_up=(1,),
   )
   with pytest.raises(RuntimeError, match='on purpose'):
     federated.train_federated(config, str(tmp_path / 'run'), progress=False)

@@ -43,6 +43,8 @@ def _config(data_dir):
     total_rounds=1,
     crop_size=(16, 16, 16),
     init_filters=8,
+    blocks_down=(1, 1),
+    blocks_up=(1,),
     tumour_crop_probability=1.0,
     num_overlay_cases=0,
     seed=3,

@@ -482,6 +482,113 @@ def make_training_dataset_from_cases(
   )
 
 
+def make_lot_dataset(
+  shard_paths: Sequence[str] | tf.Tensor,
+  *,
+  num_steps: int,
+  lot_fn,
+  seed: tf.Tensor,
+  crop_size: Sequence[int],
+  crops_per_case: int = 1,
+  tumour_crop_probability: float = DEFAULT_TUMOUR_CROP_PROBABILITY,
+  augment: bool = True,
+) -> tf.data.Dataset:
+  """The cases of `num_steps` steps, one element per case and step, for DP-SGD.
+
+  Step t's lot is the cases whose entry of `lot_fn(t, n)` is True (n: the
+  number of records in the shards, in their order). Each case of a lot
+  gives one element holding all `crops_per_case` of its crops for that
+  step, and every step ends with a marker element, so a step whose lot is
+  empty is still seen:
+
+    (step int64, is_case bool, images float32 [K, d, h, w, 4],
+     regions float32 [K, d, h, w, 3], num_cases int64, index int64)
+
+  with K = `crops_per_case`; a marker has is_case False, zero images and
+  regions and index -1. A case appears at most once per step. The shards
+  are read once per step (only the lot's cases are parsed), so memory holds
+  one case at a time.
+
+  Args:
+    shard_paths: The client's shard paths (non-empty; their order fixes the
+      case indices).
+    num_steps: Steps T (>= 1).
+    lot_fn: `(step int64 scalar, num_cases int64 scalar) -> bool [n]`,
+      traceable (e.g. a keyed Poisson sample).
+    seed: int64 `[2]` key of the crops and augmentation; case i of step t
+      uses fold_in(fold_in(seed, t), i).
+    crop_size, crops_per_case, tumour_crop_probability, augment: As in
+      `make_training_dataset`.
+  """
+  paths = _check_shard_paths(shard_paths)
+  checks.check_positive_int('num_steps', num_steps)
+  crop_size = _check_crop_size(crop_size)
+  checks.check_positive_int('crops_per_case', crops_per_case)
+  checks.check_probability('tumour_crop_probability', tumour_crop_probability)
+  if not callable(lot_fn):
+    raise TypeError(f'lot_fn must be callable. Found {lot_fn!r}.')
+  records_ds = tf.data.TFRecordDataset(paths)
+  num_cases = records_ds.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1)
+  image_shape = [crops_per_case, *crop_size, records.NUM_MODALITIES]
+  region_shape = [crops_per_case, *crop_size, records.NUM_REGIONS]
+
+  def one_step(step):
+    lot = tf.ensure_shape(lot_fn(step, num_cases), [None])
+    step_seed = tf.random.experimental.stateless_fold_in(seed, step)
+
+    def crops(index, serialized):
+      image, regions = _parse_image_and_regions(serialized)
+      images, region_crops = case_to_crops(
+        image,
+        regions,
+        tf.random.experimental.stateless_fold_in(step_seed, index),
+        crop_size=crop_size,
+        crops_per_case=crops_per_case,
+        tumour_crop_probability=tumour_crop_probability,
+        augment=augment,
+      )
+      return step, True, images, region_crops, num_cases, index
+
+    cases = (
+      records_ds.enumerate()
+      .filter(lambda index, _: tf.gather(lot, index))
+      .map(crops)
+    )
+    marker = tf.data.Dataset.from_tensors(
+      (
+        step,
+        False,
+        tf.zeros(image_shape, tf.float32),
+        tf.zeros(region_shape, tf.float32),
+        num_cases,
+        tf.constant(-1, tf.int64),
+      )
+    )
+    return cases.concatenate(marker)
+
+  return tf.data.Dataset.range(num_steps).flat_map(one_step)
+
+
+def lot_element_spec(
+  crop_size: Sequence[int], crops_per_case: int
+) -> tuple[tf.TensorSpec, ...]:
+  """The element spec of `make_lot_dataset`."""
+  crop_size = _check_crop_size(crop_size)
+  checks.check_positive_int('crops_per_case', crops_per_case)
+  return (
+    tf.TensorSpec([], tf.int64),
+    tf.TensorSpec([], tf.bool),
+    tf.TensorSpec(
+      [crops_per_case, *crop_size, records.NUM_MODALITIES], tf.float32
+    ),
+    tf.TensorSpec(
+      [crops_per_case, *crop_size, records.NUM_REGIONS], tf.float32
+    ),
+    tf.TensorSpec([], tf.int64),
+    tf.TensorSpec([], tf.int64),
+  )
+
+
 def make_evaluation_dataset(
   shard_paths: Sequence[str] | tf.Tensor,
   *,

@@ -123,6 +123,32 @@ class ClientTrainer:
       counts) and `non_finite` (int32, 0 or 1).
     """
     variables = self.model.trainable_variables
+    initial_weights = self._start(initial_weights)
+    steps = tf.constant(0.0, tf.float32)
+    loss_sum = tf.constant(0.0, tf.float32)
+    # An explicit iterator: AutoGraph turns `for batch in dataset` into
+    # `dataset.reduce`, which costs a fixed 1-2.5 CPU-seconds per call
+    # (measured in benchmarks/federated_round.py); a loop over `iter()`
+    # becomes a plain `tf.while_loop` over `get_next_as_optional`.
+    for batch in iter(dataset):
+      images, regions = batch[0], batch[1]
+      if len(batch) > 2:
+        self._set_dropout_key(batch[2])
+      with tf.GradientTape() as tape:
+        probabilities = self.model(images, training=True)
+        loss = self._loss_fn(regions, probabilities)
+      gradients = precision_lib.scaled_gradients(
+        self.optimizer, tape, loss, variables
+      )
+      self.optimizer.apply_gradients(zip(gradients, variables, strict=True))
+      self._dice.update_state(regions, probabilities)
+      steps += 1.0
+      loss_sum += tf.cast(loss, tf.float32)
+    return self._result(initial_weights, steps, loss_sum)
+
+  def _start(self, initial_weights: Sequence[tf.Tensor]) -> list[tf.Tensor]:
+    """Loads the global weights, zeroes the optimiser and the Dice counts."""
+    variables = self.model.trainable_variables
     initial_weights = list(initial_weights)
     if len(initial_weights) != len(variables):
       raise ValueError(
@@ -135,32 +161,24 @@ class ClientTrainer:
     for variable in inner.variables:
       variable.assign(tf.zeros_like(variable))
     self._dice.reset_state()
+    return initial_weights
 
-    steps = tf.constant(0.0, tf.float32)
-    loss_sum = tf.constant(0.0, tf.float32)
-    # An explicit iterator: AutoGraph turns `for batch in dataset` into
-    # `dataset.reduce`, which costs a fixed 1-2.5 CPU-seconds per call
-    # (measured in benchmarks/federated_round.py); a loop over `iter()`
-    # becomes a plain `tf.while_loop` over `get_next_as_optional`.
-    for batch in iter(dataset):
-      images, regions = batch[0], batch[1]
-      if len(batch) > 2:
-        for layer in self._dropouts:
-          layer.set_key(batch[2])
-      with tf.GradientTape() as tape:
-        probabilities = self.model(images, training=True)
-        loss = self._loss_fn(regions, probabilities)
-      gradients = precision_lib.scaled_gradients(
-        self.optimizer, tape, loss, variables
-      )
-      self.optimizer.apply_gradients(zip(gradients, variables, strict=True))
-      self._dice.update_state(regions, probabilities)
-      steps += 1.0
-      loss_sum += tf.cast(loss, tf.float32)
+  def _set_dropout_key(self, key: tf.Tensor) -> None:
+    for layer in self._dropouts:
+      layer.set_key(key)
 
+  def _result(
+    self,
+    initial_weights: list[tf.Tensor],
+    steps: tf.Tensor,
+    loss_sum: tf.Tensor,
+  ) -> collections.OrderedDict:
+    """The update ΔW (zeroed if not finite) and the statistics."""
     update = [
       tf.cast(w, tf.float32) - tf.cast(v, tf.float32)
-      for w, v in zip(initial_weights, variables, strict=True)
+      for w, v in zip(
+        initial_weights, self.model.trainable_variables, strict=True
+      )
     ]
     finite = tf.reduce_all(
       [tf.reduce_all(tf.math.is_finite(u)) for u in update]

@@ -53,6 +53,7 @@ import tensorflow_federated as tff
 
 from tff_brats.data import pipeline
 from tff_brats.learning import client_training
+from tff_brats.learning import dp_sgd_training
 from tff_brats.models import precision as precision_lib
 from tff_brats.models import segresnet
 from tff_brats.utils import checks
@@ -90,6 +91,11 @@ class ClientConfig:
     report_training_statistics: Every client also sends its loss, Dice
       counts on its training crops and non-finite flag (simulations only:
       they are not privatised).
+    dp_sgd: None (plain local training), or patient-level DP-SGD
+      (`dp_sgd_training.DpSgdOptions`, from the `dp_sgd` mechanism): each
+      round is then `local_steps` steps over Poisson lots of the client's
+      cases, `crops_per_case` crops per case and step (batch_size and
+      client_epochs_per_round must stay 1).
   """
 
   model_config: dict[str, Any]
@@ -102,8 +108,21 @@ class ClientConfig:
   loss: str = 'dice_bce'
   precision: str = precision_lib.FLOAT32
   report_training_statistics: bool = False
+  dp_sgd: dp_sgd_training.DpSgdOptions | None = None
 
   def __post_init__(self):
+    if self.dp_sgd is not None:
+      if not isinstance(self.dp_sgd, dp_sgd_training.DpSgdOptions):
+        raise ValueError(
+          f'dp_sgd must be None or DpSgdOptions. Found {self.dp_sgd!r}.'
+        )
+      for name in ('batch_size', 'client_epochs_per_round'):
+        if getattr(self, name) != 1:
+          raise ValueError(
+            f'{name} must be 1 with DP-SGD (a round is local_steps steps '
+            'over Poisson lots of cases; crops_per_case sets the crops of a '
+            f'case). Found {getattr(self, name)!r}.'
+          )
     checks.check_positive_int(
       'client_epochs_per_round', self.client_epochs_per_round
     )
@@ -160,6 +179,30 @@ def client_data_key(seed: int | None, round_num: int, client_index: int):
   return np.array(words, np.int64)
 
 
+def client_element_spec(config: ClientConfig) -> tuple[tf.TensorSpec, ...]:
+  """The element spec of `make_client_dataset(..., config)`."""
+  if config.dp_sgd is not None:
+    return dp_sgd_training.element_spec(config.crop_size, config.crops_per_case)
+  return (
+    *pipeline.training_element_spec(config.crop_size, config.batch_size),
+    tf.TensorSpec([2], tf.int64),
+  )
+
+
+def make_client_trainer(
+  config: ClientConfig, model: tf.keras.Model
+) -> client_training.ClientTrainer:
+  """The client's trainer: `ClientTrainer`, or `DpSgdTrainer` with DP-SGD."""
+  kwargs = dict(
+    learning_rate=config.client_learning_rate,
+    loss=config.loss,
+    precision=config.precision,
+  )
+  if config.dp_sgd is not None:
+    return dp_sgd_training.DpSgdTrainer(model, config.dp_sgd, **kwargs)
+  return client_training.ClientTrainer(model, **kwargs)
+
+
 def make_client_dataset(
   shard_paths: tf.Tensor, data_key: tf.Tensor, config: ClientConfig
 ) -> tf.data.Dataset:
@@ -167,8 +210,18 @@ def make_client_dataset(
 
   `client_epochs_per_round` passes over the shards, each with its own
   stateless key (fresh crops and augmentation per pass); batch i carries
-  the dropout key fold_in(fold_in(data_key, 1), i).
+  the dropout key fold_in(fold_in(data_key, 1), i). With DP-SGD, the lots
+  of `dp_sgd_training.make_dp_sgd_dataset` instead.
   """
+  if config.dp_sgd is not None:
+    return dp_sgd_training.make_dp_sgd_dataset(
+      shard_paths,
+      data_key,
+      config.dp_sgd,
+      crop_size=config.crop_size,
+      crops_per_case=config.crops_per_case,
+      tumour_crop_probability=config.tumour_crop_probability,
+    )
   # int64 stream ids and epochs: fold_in draws its random half in the
   # dtype of `data`, so the derived keys keep 64 random bits.
   data_key = tf.convert_to_tensor(data_key, tf.int64)
@@ -436,21 +489,12 @@ def _client_computations(config: ClientConfig):
 
 
 def _build_client_work(config, weights_type):
-  element_spec = (
-    *pipeline.training_element_spec(config.crop_size, config.batch_size),
-    tf.TensorSpec([2], tf.int64),
-  )
+  element_spec = client_element_spec(config)
   data_type = tff.SequenceType(tff.types.tensorflow_to_type(element_spec))
 
   @tff.tensorflow.computation(weights_type, data_type)
   def client_update(weights, dataset):
-    model = config.build_model()
-    trainer = client_training.ClientTrainer(
-      model,
-      learning_rate=config.client_learning_rate,
-      loss=config.loss,
-      precision=config.precision,
-    )
+    trainer = make_client_trainer(config, config.build_model())
     out = trainer.train(list(weights.trainable), dataset)
     result = tff.learning.templates.ClientResult(
       update=tuple(out['update']), update_weight=out['steps']

@@ -103,12 +103,7 @@ class ClientPool:
       for device in self.devices:
         with tf.device(device):
           trainers.append(
-            client_training.ClientTrainer(
-              self.config.build_model(),
-              learning_rate=self.config.client_learning_rate,
-              loss=self.config.loss,
-              precision=self.config.precision,
-            )
+            fed_avg.make_client_trainer(self.config, self.config.build_model())
           )
       self._trainers = trainers
     return self._trainers

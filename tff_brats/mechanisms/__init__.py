@@ -3,6 +3,7 @@
 from tff_brats.mechanisms.base import PrivacyMechanism
 from tff_brats.mechanisms.base import Solution
 from tff_brats.mechanisms.client_side import ClientSideMechanism
+from tff_brats.mechanisms.dp_sgd import DpSgd
 from tff_brats.mechanisms.gaussian import Gaussian
 from tff_brats.mechanisms.no_privacy import NoPrivacy
 from tff_brats.mechanisms.registry import MECHANISMS
@@ -16,6 +17,7 @@ __all__ = [
   'MECHANISMS',
   'NAMES',
   'ClientSideMechanism',
+  'DpSgd',
   'Gaussian',
   'NoPrivacy',
   'PrivacyMechanism',

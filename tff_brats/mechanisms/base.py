@@ -11,6 +11,10 @@ mechanism asks the object; no code compares a mechanism's name:
   dp_accounting `DpEvent` (`NonPrivateDpEvent` for no guarantee), which the
   ledger composes (`tff_brats.privacy.accounting`);
 * `caveats`: what the guarantee does not cover, printed wherever ε is;
+* `unit`: whose privacy ε protects ('institution' or 'patient'), printed
+  with every ε;
+* `client_training(noise_seed)`: None, or the options of a private local
+  training (DP-SGD) that every client runs instead of the plain one;
 * `describe(num_values)`: the internals a planner prints
   (`experiments/compute_privacy.py`);
 * `solve(...)`: the parameter that meets a target ε (for the mechanisms
@@ -33,6 +37,21 @@ import dp_accounting
 
 from tff_brats.privacy import accounting
 from tff_brats.privacy import events
+
+# How each unit of privacy is printed beside an ε ("ε per ...").
+UNIT_TEXT = {
+  'institution': 'per institution',
+  'patient': 'per patient (one case of an institution)',
+}
+
+
+def unit_text(unit: str) -> str:
+  """'per institution' or 'per patient (...)': what an ε protects."""
+  if unit not in UNIT_TEXT:
+    raise ValueError(
+      f'unit must be one of {", ".join(UNIT_TEXT)}. Found {unit!r}.'
+    )
+  return UNIT_TEXT[unit]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +85,9 @@ class PrivacyMechanism(abc.ABC):
   solvable: ClassVar[tuple[str, ...]] = ()
   # Parameters without a usable default (None until given).
   required: ClassVar[tuple[str, ...]] = ()
+  # Whose privacy ε protects: 'institution' (adding or removing an
+  # institution's whole contribution) or 'patient' (one case of it).
+  unit: ClassVar[str] = 'institution'
 
   def _check_required(self) -> None:
     """Raises ValueError naming the first required parameter left None."""
@@ -103,6 +125,15 @@ class PrivacyMechanism(abc.ABC):
     return ()
 
   # -------------------------------------------------------------- wiring
+
+  def client_training(self, noise_seed: int | None) -> Any | None:
+    """How clients train under this mechanism: None for plain training.
+
+    A mechanism that privatises the local training itself (DP-SGD) returns
+    the clients' options (`learning.dp_sgd_training.DpSgdOptions`).
+    """
+    del noise_seed  # unused
+    return None
 
   @abc.abstractmethod
   def aggregation_factory(

@@ -24,6 +24,7 @@ import math
 import textwrap
 from typing import Any
 
+from tff_brats.mechanisms import base
 from tff_brats.mechanisms import registry
 from tff_brats.privacy import accounting
 from tff_brats.privacy import events
@@ -32,8 +33,9 @@ from tff_brats.utils import atomic
 from tff_brats.utils import checks
 
 SAMPLING_NOTE = (
-  'No privacy amplification by sampling is claimed (the coordinator knows '
-  'who took part): an institution that joins k rounds spends the k-fold '
+  'No privacy amplification by the sampling of institutions is claimed (the '
+  'coordinator knows who took part): an institution that joins k rounds '
+  'spends the k-fold '
   'composition, and the guarantee is the worst case k = R.'
 )
 _METHOD_COLUMNS = (
@@ -141,6 +143,7 @@ def run_compute_privacy(
     totals.append(total)
   result = {
     'privacy_mechanism': mechanism.name,
+    'unit': mechanism.unit,
     'parameters': {k: v for k, v in mechanism.to_dict().items() if k != 'name'},
     'delta': float(delta),
     'num_values': n,
@@ -193,14 +196,15 @@ def format_report(result: dict[str, Any]) -> str:
     )
   lines += result['description']
   one_round = accounting.format_epsilon(result['round']['epsilon_at_delta'])
-  lines.append(f'  one round: ε = {one_round} at δ = {delta:g} (PLD)')
+  per = base.unit_text(result['unit'])
+  lines.append(f'  one round: ε {per} = {one_round} at δ = {delta:g} (PLD)')
   part = result['participation']
   lines += [
     '',
     f'Participation: {part["total_rounds"]} rounds, '
     f'{part["clients_per_round"]} of {part["num_clients"]} institutions per '
     f'round (p = {part["fraction"]:.4g}).',
-    f'Total ε per institution at δ = {delta:g}:',
+    f'Total ε {per} at δ = {delta:g}:',
   ]
   labels = {
     'worst_case': 'worst case: every round',

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from tff_brats.mechanisms import base
+from tff_brats.mechanisms import dp_sgd
 from tff_brats.mechanisms import gaussian
 from tff_brats.mechanisms import no_privacy
 from tff_brats.mechanisms import selective_sharing
@@ -20,6 +21,7 @@ MECHANISMS: tuple[type[base.PrivacyMechanism], ...] = (
   selective_sharing.SelectiveSharing,
   sparse_vector.SparseVector,
   gaussian.Gaussian,
+  dp_sgd.DpSgd,
 )
 NAMES = tuple(m.name for m in MECHANISMS)
 _BY_NAME = {m.name: m for m in MECHANISMS}

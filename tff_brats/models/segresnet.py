@@ -41,6 +41,10 @@ from tff_brats.models import layers
 from tff_brats.utils import checks
 
 _PACKAGE = 'tff_brats'
+# MONAI's SegResNet: four resolution levels (1, 2, 2, 4 residual blocks down,
+# one per decoder stage up).
+DEFAULT_BLOCKS_DOWN = (1, 2, 2, 4)
+DEFAULT_BLOCKS_UP = (1, 1, 1)
 
 # PyTorch's default convolution initialisation (kaiming_uniform, a=√5), i.e.
 # U(±1/√fan_in), which MONAI's SegResNet trains from.
@@ -260,8 +264,8 @@ class SegResNet(tf.keras.Model):
     in_channels: int = 4,
     out_channels: int = 3,
     init_filters: int = 16,
-    blocks_down: Sequence[int] = (1, 2, 2, 4),
-    blocks_up: Sequence[int] = (1, 1, 1),
+    blocks_down: Sequence[int] = DEFAULT_BLOCKS_DOWN,
+    blocks_up: Sequence[int] = DEFAULT_BLOCKS_UP,
     norm_groups: int = 8,
     norm_epsilon: float = 1e-5,
     dropout_rate: float = 0.2,
@@ -290,18 +294,7 @@ class SegResNet(tf.keras.Model):
     checks.check_positive_int('in_channels', in_channels)
     checks.check_positive_int('out_channels', out_channels)
     checks.check_positive_int('init_filters', init_filters)
-    blocks_down = _block_counts('blocks_down', blocks_down)
-    blocks_up = _block_counts('blocks_up', blocks_up)
-    if not blocks_down:
-      raise ValueError(
-        'blocks_down must be a non-empty sequence of non-negative integers. '
-        f'Found {blocks_down!r}.'
-      )
-    if len(blocks_up) != len(blocks_down) - 1:
-      raise ValueError(
-        'blocks_up must have one entry fewer than blocks_down '
-        f'({len(blocks_down) - 1}). Found {blocks_up!r}.'
-      )
+    blocks_down, blocks_up = check_blocks(blocks_down, blocks_up)
     checks.check_positive_int('norm_groups', norm_groups)
     if init_filters % norm_groups:
       raise ValueError(
@@ -455,6 +448,29 @@ def _conv(
 def _norm_relu(groups: int, epsilon: float, *, name: str) -> layers.GroupNorm:
   """GroupNorm followed by ReLU, fused (see `layers.GroupNorm`)."""
   return layers.GroupNorm(groups, epsilon, activation='relu', name=name)
+
+
+def check_blocks(
+  blocks_down: Any, blocks_up: Any
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+  """The architecture's block counts as tuples, or ValueError naming them.
+
+  `blocks_down` must be a non-empty sequence of non-negative ints (one per
+  resolution level) and `blocks_up` one entry shorter.
+  """
+  blocks_down = _block_counts('blocks_down', blocks_down)
+  blocks_up = _block_counts('blocks_up', blocks_up)
+  if not blocks_down:
+    raise ValueError(
+      'blocks_down must be a non-empty sequence of non-negative integers. '
+      f'Found {blocks_down!r}.'
+    )
+  if len(blocks_up) != len(blocks_down) - 1:
+    raise ValueError(
+      'blocks_up must have one entry fewer than blocks_down '
+      f'({len(blocks_down) - 1}). Found {blocks_up!r}.'
+    )
+  return blocks_down, blocks_up
 
 
 def _block_counts(name: str, value: Any) -> tuple[int, ...]:

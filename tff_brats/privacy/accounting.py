@@ -459,13 +459,21 @@ class PrivacyLedger:
         exceeding.append(client_id)
     return exceeding
 
-  def table(self, delta: float, notes: Iterable[str] = ()) -> str:
+  def table(
+    self,
+    delta: float,
+    notes: Iterable[str] = (),
+    unit: str = 'per institution',
+  ) -> str:
     """Per-institution table: rounds, mechanisms, ε summed and tight.
 
     Args:
       delta: The δ of every ε in the table.
       notes: Paragraphs printed below the table, e.g. what the guarantee
         does not cover (`tff_brats.mechanisms`' `caveats`).
+      unit: Whose privacy each ε protects, as printed in the title
+        (`mechanisms.base.unit_text`): 'per institution', or 'per patient
+        (...)' for an institution's patients.
     """
     check_delta(delta)
     header = ('client', 'rounds', 'mechanism', 'ε summed', 'ε tight (PLD)')
@@ -493,7 +501,7 @@ class PrivacyLedger:
       ).rstrip()
 
     lines = [
-      f'Privacy spent per institution at δ = {delta:g}',
+      f'Privacy spent {unit} at δ = {delta:g}',
       line(header),
       line(['-' * w for w in widths]),
       *(line(r) for r in rows),

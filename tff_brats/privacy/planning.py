@@ -209,25 +209,38 @@ def solve_noise_multiplier(
   delta: float,
   num_rounds: int,
   method: str = 'rdp',
+  sampling_probability: float = 1.0,
+  steps_per_round: int = 1,
 ) -> float:
   """The smallest Gaussian noise multiplier that meets a target ε.
 
-  For `num_rounds` unsampled Gaussian rounds at `delta`. As tensorflow_privacy 0.9's `compute_noise`: dp_accounting's
-  `calibrate_dp_mechanism` (Brent's method) on a fresh accountant per
-  candidate; the result meets the target and is within a relative 1e-6 of
-  the smallest z that does.
+  For `num_rounds` rounds of `steps_per_round` Gaussian steps at `delta`,
+  each step Poisson-sampled with `sampling_probability` (1: unsampled, the
+  Gaussian DP-FedAvg round; below 1: a DP-SGD step). As tensorflow_privacy
+  0.9's `compute_noise`: dp_accounting's `calibrate_dp_mechanism` (Brent's
+  method) on a fresh accountant per candidate; the result meets the target
+  and is within a relative 1e-6 of the smallest z that does.
 
   Args:
     target_epsilon: ε > 0.
     delta: δ in (0, 1).
     num_rounds: Rounds the institution joins.
     method: 'rdp' (`RdpAccountant`, default) or 'pld' (`PLDAccountant`).
+    sampling_probability: q in (0, 1] of every step.
+    steps_per_round: Steps per round (>= 1).
 
   Raises:
     ValueError: Bad arguments.
   """
   checks.check_positive_number('target_epsilon', target_epsilon)
   checks.check_positive_int('num_rounds', num_rounds)
+  checks.check_positive_int('steps_per_round', steps_per_round)
+  if not checks.is_number(sampling_probability) or not (
+    0 < sampling_probability <= 1
+  ):
+    raise ValueError(
+      f'sampling_probability must be in (0, 1]. Found {sampling_probability!r}.'
+    )
   if not checks.is_number(delta) or not 0 < delta < 1:
     raise ValueError(f'delta must be in (0, 1). Found {delta!r}.')
   accountants = {
@@ -238,9 +251,10 @@ def solve_noise_multiplier(
     raise ValueError(f'method must be one of rdp, pld. Found {method!r}.')
 
   def event(z):
-    return dp_accounting.SelfComposedDpEvent(
-      dp_accounting.GaussianDpEvent(z), num_rounds
-    )
+    step = dp_accounting.GaussianDpEvent(z)
+    if sampling_probability < 1:
+      step = dp_accounting.PoissonSampledDpEvent(sampling_probability, step)
+    return dp_accounting.SelfComposedDpEvent(step, num_rounds * steps_per_round)
 
   def spent(z):
     return accountants[method]().compose(event(z)).get_epsilon(delta)
@@ -254,7 +268,11 @@ def solve_noise_multiplier(
   else:
     factor = 1.25
     high = solve_noise_multiplier(
-      target_epsilon=target_epsilon, delta=delta, num_rounds=num_rounds
+      target_epsilon=target_epsilon,
+      delta=delta,
+      num_rounds=num_rounds,
+      sampling_probability=sampling_probability,
+      steps_per_round=steps_per_round,
     )
   while spent(high) > target_epsilon:
     high *= factor

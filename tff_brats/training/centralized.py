@@ -67,6 +67,8 @@ class CentralizedConfig:
     crop_size: Training crop (each side divisible by 8).
     batch_size: Crops per step.
     init_filters: SegResNet's initial filters (16 in the reference).
+    blocks_down, blocks_up: SegResNet's residual blocks per encoder level
+      and decoder stage (MONAI's (1, 2, 2, 4) and (1, 1, 1) by default).
     loss: 'dice' (soft Dice) or 'dice_bce' (soft Dice + cross-entropy).
     precision: 'float32', 'mixed_float16' (GPUs) or 'mixed_bfloat16'.
     tumour_crop_probability: Probability that a crop is centred on tumour.
@@ -86,6 +88,8 @@ class CentralizedConfig:
   crop_size: tuple[int, int, int] = (64, 64, 64)
   batch_size: int = 1
   init_filters: int = 16
+  blocks_down: tuple[int, ...] = segresnet.DEFAULT_BLOCKS_DOWN
+  blocks_up: tuple[int, ...] = segresnet.DEFAULT_BLOCKS_UP
   loss: str = 'dice_bce'
   precision: str = 'float32'
   tumour_crop_probability: float = pipeline.DEFAULT_TUMOUR_CROP_PROBABILITY
@@ -101,6 +105,11 @@ class CentralizedConfig:
     checks.check_positive_int('epochs', self.epochs)
     checks.check_positive_int('batch_size', self.batch_size)
     checks.check_positive_int('init_filters', self.init_filters)
+    blocks_down, blocks_up = segresnet.check_blocks(
+      self.blocks_down, self.blocks_up
+    )
+    object.__setattr__(self, 'blocks_down', blocks_down)
+    object.__setattr__(self, 'blocks_up', blocks_up)
     checks.check_positive_int('epochs_per_eval', self.epochs_per_eval)
     checks.check_positive_int('crops_per_case', self.crops_per_case)
     checks.check_non_negative_int('num_overlay_cases', self.num_overlay_cases)
@@ -162,7 +171,11 @@ def train_centralized(
   if config.seed is not None:
     tf.keras.utils.set_random_seed(config.seed)
   with precision_lib.precision_scope(config.precision):
-    model = segresnet.SegResNet(init_filters=config.init_filters)
+    model = segresnet.SegResNet(
+      init_filters=config.init_filters,
+      blocks_down=config.blocks_down,
+      blocks_up=config.blocks_up,
+    )
     model.build((None, *config.crop_size, 4))
   optimizer = precision_lib.wrap_optimizer(
     tf.keras.optimizers.Adam(config.learning_rate), config.precision

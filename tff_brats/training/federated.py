@@ -85,6 +85,7 @@ from tff_brats.inference import predictors
 from tff_brats.learning import client_training
 from tff_brats.learning import fed_avg
 from tff_brats.learning import in_process
+from tff_brats.mechanisms import base as mechanisms_base
 from tff_brats.models import model_io
 from tff_brats.models import training_metadata
 from tff_brats.privacy import accounting
@@ -563,13 +564,14 @@ class FederatedLoop:
     val = row['val_dice_mean']
     loss = row.get('train_loss')
     logging.info(
-      'round %d/%d: %d clients, loss %s, released %s, ε %s (worst: %s), '
-      'validation mean Dice %s, %.1f s',
+      'round %d/%d: %d clients, loss %s, released %s, ε per %s %s (worst: '
+      '%s), validation mean Dice %s, %.1f s',
       round_num,
       config.total_rounds,
       len(clients),
       '-' if loss is None else f'{loss:.4f}',
       _count_text(row.get('released_mean')),
+      config.mechanism.unit,
       accounting.format_epsilon(row['epsilon_worst']),
       row['epsilon_worst_client'] or '-',
       '-' if val == '' else f'{val:.4f}',
@@ -638,7 +640,8 @@ class FederatedLoop:
     caveats = list(config.caveats)
     if config.report_training_statistics:
       caveats.append(TRAINING_STATISTICS_CAVEAT)
-    table = self.ledger.table(config.delta, notes=caveats)
+    unit = mechanisms_base.unit_text(mechanism.unit)
+    table = self.ledger.table(config.delta, notes=caveats, unit=unit)
     atomic.write_text(os.path.join(run_dir, LEDGER_TABLE), table + '\n')
     exported = None
     if self.best_round > 0:
@@ -669,6 +672,7 @@ class FederatedLoop:
       'validation_cases': len(self.validation),
       'privacy': {
         'mechanism': mechanism.name,
+        'unit': mechanism.unit,
         'per_round': config.guarantee_text(),
         'delta': config.delta,
         'epsilon_tight': _finite_or_none(epsilons['pld']),

@@ -11,6 +11,7 @@ from tff_brats.data import pipeline
 from tff_brats.learning import fed_avg
 from tff_brats.mechanisms import base as mechanisms_base
 from tff_brats.models import precision as precision_lib
+from tff_brats.models import segresnet
 from tff_brats.privacy import accounting
 from tff_brats.utils import checks
 
@@ -47,6 +48,9 @@ class FederatedConfig:
     crop_size, batch_size, crops_per_case, tumour_crop_probability: The
       clients' input pipeline.
     init_filters: SegResNet's initial filters.
+    blocks_down, blocks_up: SegResNet's residual blocks per encoder level
+      and decoder stage (MONAI's (1, 2, 2, 4) and (1, 1, 1) by default; a
+      shorter `blocks_down` gives a shallower, faster model).
     loss: 'dice' or 'dice_bce'.
     precision: 'float32', 'mixed_float16' (GPUs) or 'mixed_bfloat16'.
     target_epsilon: Stop before a round that would take any institution
@@ -89,6 +93,8 @@ class FederatedConfig:
   crops_per_case: int = 1
   tumour_crop_probability: float = pipeline.DEFAULT_TUMOUR_CROP_PROBABILITY
   init_filters: int = 16
+  blocks_down: tuple[int, ...] = segresnet.DEFAULT_BLOCKS_DOWN
+  blocks_up: tuple[int, ...] = segresnet.DEFAULT_BLOCKS_UP
   loss: str = 'dice_bce'
   precision: str = precision_lib.FLOAT32
   target_epsilon: float | None = None
@@ -113,6 +119,11 @@ class FederatedConfig:
         f'{self.mechanism!r}.'
       )
     object.__setattr__(self, 'crop_size', tuple(self.crop_size))
+    blocks_down, blocks_up = segresnet.check_blocks(
+      self.blocks_down, self.blocks_up
+    )
+    object.__setattr__(self, 'blocks_down', blocks_down)
+    object.__setattr__(self, 'blocks_up', blocks_up)
     if self.eval_window is not None:
       object.__setattr__(self, 'eval_window', tuple(self.eval_window))
     for name in (
@@ -202,10 +213,19 @@ class FederatedConfig:
       return (*self.mechanism.caveats, FIXED_NOISE_SEED_CAVEAT)
     return tuple(self.mechanism.caveats)
 
+  @property
+  def model_config(self) -> dict[str, Any]:
+    """`SegResNet` keyword arguments of the run's model."""
+    return {
+      'init_filters': self.init_filters,
+      'blocks_down': self.blocks_down,
+      'blocks_up': self.blocks_up,
+    }
+
   def client_config(self) -> fed_avg.ClientConfig:
     """What every client does in a round."""
     return fed_avg.ClientConfig(
-      model_config={'init_filters': self.init_filters},
+      model_config=self.model_config,
       crop_size=self.crop_size,
       batch_size=self.batch_size,
       crops_per_case=self.crops_per_case,
@@ -215,6 +235,7 @@ class FederatedConfig:
       loss=self.loss,
       precision=self.precision,
       report_training_statistics=self.report_training_statistics,
+      dp_sgd=self.mechanism.client_training(self.noise_seed),
     )
 
   def model_aggregator(self, clients_per_round: int):
