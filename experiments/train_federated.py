@@ -59,6 +59,19 @@ _REPORT_TRAINING_STATISTICS = flags.DEFINE_bool(
   'Clients also send their training loss and Dice counts for metrics.csv '
   '(not privatised: simulations only).',
 )
+_TRAINABLE_LAYERS = flags.DEFINE_list(
+  'trainable_layers',
+  None,
+  'Train and share only these SegResNet parts (init_conv, down0..., up0..., '
+  'head; e.g. up0,up1,up2,head); the others stay at the initial model. '
+  'Default: every part.',
+)
+_INITIAL_MODEL = flags.DEFINE_string(
+  'initial_model',
+  None,
+  'Start from this model folder (e.g. a pre-trained final_model/) instead '
+  'of random weights; same architecture.',
+)
 _ROUNDS_PER_EVAL = flags.DEFINE_integer(
   'rounds_per_eval', 5, 'Validate every this many rounds.'
 )
@@ -162,6 +175,12 @@ def config_from_flags() -> federated.FederatedConfig:
     noise_seed=_NOISE_SEED.value,
     diagnostics=_DIAGNOSTICS.value,
     report_training_statistics=_REPORT_TRAINING_STATISTICS.value,
+    trainable_layers=None
+    if _TRAINABLE_LAYERS.value is None
+    else tuple(_TRAINABLE_LAYERS.value),
+    initial_model=None
+    if _INITIAL_MODEL.value is None
+    else os.path.abspath(_INITIAL_MODEL.value),
     **shared_flags.trainer_kwargs(),
   )
 

@@ -87,6 +87,8 @@ def test_privacy_flags_are_every_mechanism_parameter():
     'threshold',
     'noise_multiplier',
     'l2_norm_clip',
+    'sampling_probability',
+    'local_steps',
   )
 
 

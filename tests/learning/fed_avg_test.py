@@ -573,3 +573,67 @@ class TestDpSgdRound:
     for actual, want in zip(new, expected, strict=True):
       np.testing.assert_allclose(actual, want, rtol=0, atol=tolerance)
     assert _max_difference(new, initial) > 100 * tolerance
+
+
+class TestFrozenLayers:
+  def test_clients_train_only_the_named_parts_from_the_global_frozen_ones(
+    self, runtime, folder
+  ):
+    config = fed_avg.ClientConfig(
+      model_config=MODEL_CONFIG,
+      crop_size=CROP,
+      trainable_layers=('up0', 'head'),
+    )
+    process = fed_avg.build_fed_avg_process(
+      config, mechanisms.NoPrivacy().aggregation_factory()
+    )
+    # The global model: another seed than any client model's own init, so
+    # a client that trained on its own frozen weights would differ.
+    tf.keras.utils.set_random_seed(SEED)
+    model = config.build_model()
+    trainable = [v.numpy() for v in model.trainable_variables]
+    frozen = [v.numpy() for v in model.non_trainable_variables]
+    assert len(frozen) > 1  # the dropout key and the frozen parts
+    state = process.set_model_weights(
+      process.initialize(),
+      tff.learning.models.ModelWeights(
+        trainable=trainable, non_trainable=frozen
+      ),
+    )
+    keys = [fed_avg.client_data_key(SEED, 1, i) for i in range(len(CLIENTS))]
+    output = process.next(state, _client_inputs(folder, keys))
+    new = process.get_model_weights(output.state)
+    # The update covers the named parts only; the frozen ones stay.
+    assert [w.shape for w in new.trainable] == [w.shape for w in trainable]
+    for actual, want in zip(new.non_trainable, frozen, strict=True):
+      np.testing.assert_array_equal(actual, want)
+
+    tf.keras.utils.set_random_seed(SEED + 1)
+    trainer = fed_avg.make_client_trainer(config, config.build_model())
+    updates = []
+    for client, key in zip(CLIENTS, keys, strict=True):
+      dataset = fed_avg.make_client_dataset(
+        tf.constant(folder.shard_paths(client)), key, config
+      )
+      out = trainer.train(trainable, dataset, frozen)
+      updates.append(([u.numpy() for u in out['update']], float(out['steps'])))
+    (u_a, n_a), (u_b, n_b) = updates
+    expected = [
+      w - (n_a * a + n_b * b) / (n_a + n_b)
+      for w, a, b in zip(trainable, u_a, u_b, strict=True)
+    ]
+    tolerance = 2e-6
+    for actual, want in zip(new.trainable, expected, strict=True):
+      np.testing.assert_allclose(actual, want, rtol=0, atol=tolerance)
+    # Training on a client model's own (other) frozen weights gives
+    # another update: the comparison can tell.
+    tf.keras.utils.set_random_seed(SEED + 2)
+    other = fed_avg.make_client_trainer(config, config.build_model())
+    out = other.train(
+      trainable,
+      fed_avg.make_client_dataset(
+        tf.constant(folder.shard_paths('b')), keys[1], config
+      ),
+    )
+    own = [u.numpy() for u in out['update']]
+    assert _max_difference(own, u_b) > 100 * tolerance

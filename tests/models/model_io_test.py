@@ -232,3 +232,43 @@ def test_bad_training_record(tmp_path):
   assert path in str(error.value)
   with pytest.raises(FileNotFoundError, match='does not exist'):
     model_io.read_training_metadata(str(tmp_path / 'nowhere'))
+
+
+def test_load_weights_into_a_model_with_frozen_parts(tmp_path):
+  source = _trained_model(seed=4)
+  model_io.save_model(source, str(tmp_path / 'm'))
+  target = segresnet.SegResNet(**{**_TINY, 'dropout_rate': 0.0})
+  target(tf.zeros([1, 2, 2, 2, 4]))
+  segresnet.freeze_all_but(target, ['head'])
+  model_io.load_weights_into(target, str(tmp_path / 'm'))
+
+  # Freezing reorders `weights` (trainable first); by name (without the
+  # model's own scope) they agree.
+  def name(variable):
+    return variable.name.split('/', 1)[1]
+
+  want = {name(v): v.numpy() for v in source.weights}
+  assert len(want) == len(target.weights)
+  for variable in target.weights:
+    np.testing.assert_array_equal(variable.numpy(), want[name(variable)])
+  np.testing.assert_allclose(target(_x()), source(_x()), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+  'kwargs, field',
+  [
+    (dict(init_filters=8), 'init_filters'),
+    (dict(blocks_down=(1, 1)), 'blocks_down'),
+    (dict(blocks_up=(2,)), 'blocks_up'),
+  ],
+)
+def test_load_weights_into_another_architecture_names_the_field(
+  tmp_path, kwargs, field
+):
+  model_io.save_model(_trained_model(), str(tmp_path / 'm'))
+  other = segresnet.SegResNet(**{**_TINY, **kwargs})
+  other(tf.zeros([1, 2, 2, 2, 4]))
+  with pytest.raises(ValueError, match=rf'field "config\.{field}" is'):
+    model_io.load_weights_into(other, str(tmp_path / 'm'))
+  with pytest.raises(FileNotFoundError, match='does not exist'):
+    model_io.load_weights_into(other, str(tmp_path / 'missing'))

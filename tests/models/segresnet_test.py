@@ -454,3 +454,35 @@ def test_a_few_adam_steps_learn_a_blob():
   inside = whole_tumour[radius < 0.4].mean()
   outside = whole_tumour[radius > 0.6].mean()
   assert inside > outside + 0.1, (inside, outside)
+
+
+@pytest.mark.parametrize('levels', [1, 2, 4])
+def test_part_names_are_the_layers_with_weights(levels):
+  model = segresnet.SegResNet(
+    init_filters=8, blocks_down=(1,) * levels, blocks_up=(1,) * (levels - 1)
+  )
+  model.build((None, 8, 8, 8, 4))
+  assert segresnet.part_names(levels) == tuple(
+    layer.name for layer in model.layers if layer.trainable_weights
+  )
+
+
+def test_freeze_all_but_keeps_only_the_named_parts_trainable():
+  model = segresnet.SegResNet(
+    init_filters=8, blocks_down=(1, 1), blocks_up=(1,)
+  )
+  model.build((None, 8, 8, 8, 4))
+  total = model.count_params()
+  segresnet.freeze_all_but(model, ['up0', 'head'])
+  expected = sum(
+    int(np.prod(v.shape))
+    for layer in (model.get_layer('up0'), model.get_layer('head'))
+    for v in layer.weights
+  )
+  assert model.num_parameters == expected
+  assert 0 < expected < total
+  assert model.count_params() == total  # nothing lost, only frozen
+  with pytest.raises(ValueError, match=r"Found \['down2'\]"):
+    segresnet.freeze_all_but(model, ['down2'])
+  with pytest.raises(ValueError, match='trainable_layers must name parts'):
+    segresnet.freeze_all_but(model, [])

@@ -551,3 +551,90 @@ def test_without_training_statistics_no_column_or_caveat(data_dir, tmp_path):
   assert summary['privacy']['caveats'] == list(_SVT.caveats)
   with open(os.path.join(run_dir, federated.LEDGER_TABLE)) as f:
     assert 'Dice voxel' not in f.read()
+
+
+# ------------------------------------------------- levers of issue 13 ----
+
+
+class _RecordingProcess(fake_process.FakeProcess):
+  """FakeProcess that keeps the first weights the loop sets."""
+
+  first_weights = None
+
+  def set_model_weights(self, state, weights):
+    if self.first_weights is None:
+      self.first_weights = weights
+    return super().set_model_weights(state, weights)
+
+
+def test_starts_from_the_initial_model_with_frozen_parts(data_dir, tmp_path):
+  # A model folder of the same architecture (another seed): the loop's
+  # first state holds its weights, split by the frozen parts: the named
+  # parts are trainable, the others (with the dropout key) not.
+  source = _config(data_dir, seed=11).client_config().build_model()
+  source_weights = {v.name: v.numpy() for v in source.weights}
+  model_io.save_model(source, str(tmp_path / 'pretrained'))
+  config = _config(
+    data_dir,
+    initial_model=str(tmp_path / 'pretrained'),
+    trainable_layers=('up0', 'head'),
+    total_rounds=1,
+  )
+  process = _RecordingProcess()
+  _run(config, str(tmp_path / 'run'), process=process)
+  model = config.client_config().build_model()
+  trainable = [v.name for v in model.trainable_variables]
+  frozen = [v.name for v in model.non_trainable_variables]
+  assert trainable and all(
+    n.startswith(('up0/', 'head/')) for n in trainable
+  ), trainable
+  assert any(n.startswith('down1/') for n in frozen)
+  weights = process.first_weights
+  for names, values in (
+    (trainable, weights.trainable),
+    (frozen, weights.non_trainable),
+  ):
+    assert len(names) == len(values)
+    for name, value in zip(names, values, strict=True):
+      np.testing.assert_array_equal(value, source_weights[name])
+  # The run's own seed gives other weights: these came from the folder.
+  own = _config(data_dir).client_config().build_model()
+  kernel = own.weights[0]
+  assert not np.allclose(kernel.numpy(), source_weights[kernel.name])
+
+
+def test_initial_model_of_another_architecture_is_refused(data_dir, tmp_path):
+  other = (
+    federated.FederatedConfig(
+      data_dir=data_dir,
+      mechanism=_SVT,
+      init_filters=8,
+      blocks_down=(1, 2),
+      blocks_up=(1,),
+    )
+    .client_config()
+    .build_model()
+  )
+  model_io.save_model(other, str(tmp_path / 'deeper'))
+  config = _config(data_dir, initial_model=str(tmp_path / 'deeper'))
+  with pytest.raises(
+    ValueError,
+    match=r'deeper/config.json: field "config.blocks_down" is \(1, 2\), but '
+    r'the model to start from it has \(1, 1\)',
+  ):
+    federated.FederatedLoop(config, str(tmp_path / 'run'))
+  assert not os.path.exists(tmp_path / 'run')
+  with pytest.raises(FileNotFoundError, match='does not exist'):
+    federated.FederatedLoop(
+      _config(data_dir, initial_model=str(tmp_path / 'missing')),
+      str(tmp_path / 'run'),
+    )
+
+
+def test_unknown_trainable_layer_is_named(data_dir):
+  with pytest.raises(
+    ValueError,
+    match=r'trainable_layers must name parts of the SegResNet \(init_conv, '
+    r"down0, down1, up0, head\). Found \['up0', 'down7'\]",
+  ):
+    _config(data_dir, trainable_layers=('up0', 'down7'))

@@ -107,7 +107,10 @@ class ClientTrainer:
 
   @tf.function
   def train(
-    self, initial_weights: Sequence[tf.Tensor], dataset: tf.data.Dataset
+    self,
+    initial_weights: Sequence[tf.Tensor],
+    dataset: tf.data.Dataset,
+    non_trainable_weights: Sequence[tf.Tensor] | None = None,
   ) -> collections.OrderedDict:
     """Runs the local training; see the module docstring.
 
@@ -115,6 +118,9 @@ class ClientTrainer:
       initial_weights: The global model's trainable weights, in the order of
         `model.trainable_variables`.
       dataset: Batches `(images, regions[, dropout_key])`.
+      non_trainable_weights: The global model's non-trainable weights (e.g.
+        frozen layers', `ClientConfig.trainable_layers`), in the order of
+        `model.non_trainable_variables`; None keeps the model's own.
 
     Returns:
       An `OrderedDict` with `update` (a list like `initial_weights`),
@@ -123,7 +129,7 @@ class ClientTrainer:
       counts) and `non_finite` (int32, 0 or 1).
     """
     variables = self.model.trainable_variables
-    initial_weights = self._start(initial_weights)
+    initial_weights = self._start(initial_weights, non_trainable_weights)
     steps = tf.constant(0.0, tf.float32)
     loss_sum = tf.constant(0.0, tf.float32)
     # An explicit iterator: AutoGraph turns `for batch in dataset` into
@@ -146,17 +152,27 @@ class ClientTrainer:
       loss_sum += tf.cast(loss, tf.float32)
     return self._result(initial_weights, steps, loss_sum)
 
-  def _start(self, initial_weights: Sequence[tf.Tensor]) -> list[tf.Tensor]:
+  def _start(
+    self,
+    initial_weights: Sequence[tf.Tensor],
+    non_trainable_weights: Sequence[tf.Tensor] | None = None,
+  ) -> list[tf.Tensor]:
     """Loads the global weights, zeroes the optimiser and the Dice counts."""
-    variables = self.model.trainable_variables
     initial_weights = list(initial_weights)
-    if len(initial_weights) != len(variables):
-      raise ValueError(
-        f'initial_weights must have {len(variables)} tensors, one per '
-        f'trainable variable. Found {len(initial_weights)}.'
+    pairs = [('initial_weights', initial_weights, 'trainable')]
+    if non_trainable_weights is not None:
+      pairs.append(
+        ('non_trainable_weights', list(non_trainable_weights), 'non_trainable')
       )
-    for variable, value in zip(variables, initial_weights, strict=True):
-      variable.assign(value)
+    for name, values, kind in pairs:
+      variables = getattr(self.model, f'{kind}_variables')
+      if len(values) != len(variables):
+        raise ValueError(
+          f'{name} must have {len(variables)} tensors, one per {kind} '
+          f'variable. Found {len(values)}.'
+        )
+      for variable, value in zip(variables, values, strict=True):
+        variable.assign(value)
     inner = getattr(self.optimizer, 'inner_optimizer', self.optimizer)
     for variable in inner.variables:
       variable.assign(tf.zeros_like(variable))

@@ -186,13 +186,17 @@ class DpSgdTrainer(client_training.ClientTrainer):
 
   @tf.function
   def train(
-    self, initial_weights: Sequence[tf.Tensor], dataset: tf.data.Dataset
+    self,
+    initial_weights: Sequence[tf.Tensor],
+    dataset: tf.data.Dataset,
+    non_trainable_weights: Sequence[tf.Tensor] | None = None,
   ) -> collections.OrderedDict:
     """One round of DP-SGD from `initial_weights`.
 
     Args:
       initial_weights: The global model's trainable weights.
       dataset: `make_dp_sgd_dataset`'s elements.
+      non_trainable_weights: As in `ClientTrainer.train`.
 
     Returns:
       `ClientTrainer.train`'s result; `steps` counts the steps (T),
@@ -200,7 +204,7 @@ class DpSgdTrainer(client_training.ClientTrainer):
       zeroed.
     """
     variables = self.model.trainable_variables
-    initial_weights = self._start(initial_weights)
+    initial_weights = self._start(initial_weights, non_trainable_weights)
     q = tf.constant(self.options.sampling_probability, tf.float32)
     zeros = [tf.zeros(v.shape, tf.float32) for v in variables]
     lot_sum = list(zeros)

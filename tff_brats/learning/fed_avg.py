@@ -91,6 +91,11 @@ class ClientConfig:
     report_training_statistics: Every client also sends its loss, Dice
       counts on its training crops and non-finite flag (simulations only:
       they are not privatised).
+    trainable_layers: None (train every weight), or the SegResNet parts
+      that train (`segresnet.part_names`, e.g. ('up0', 'up1', 'up2',
+      'head')): the others are frozen at the global model's values, and
+      only the named parts' weights form the update that is privatised and
+      averaged.
     dp_sgd: None (plain local training), or patient-level DP-SGD
       (`dp_sgd_training.DpSgdOptions`, from the `dp_sgd` mechanism): each
       round is then `local_steps` steps over Poisson lots of the client's
@@ -109,8 +114,23 @@ class ClientConfig:
   precision: str = precision_lib.FLOAT32
   report_training_statistics: bool = False
   dp_sgd: dp_sgd_training.DpSgdOptions | None = None
+  trainable_layers: tuple[str, ...] | None = None
 
   def __post_init__(self):
+    if self.trainable_layers is not None:
+      names = self.trainable_layers
+      if isinstance(names, str):
+        names = (names,)
+      object.__setattr__(self, 'trainable_layers', tuple(names))
+      valid = segresnet.part_names(
+        len(self.model_config.get('blocks_down', segresnet.DEFAULT_BLOCKS_DOWN))
+      )
+      unknown = [n for n in self.trainable_layers if n not in valid]
+      if not self.trainable_layers or unknown:
+        raise ValueError(
+          'trainable_layers must name parts of the SegResNet '
+          f'({", ".join(valid)}). Found {list(self.trainable_layers)!r}.'
+        )
     if self.dp_sgd is not None:
       if not isinstance(self.dp_sgd, dp_sgd_training.DpSgdOptions):
         raise ValueError(
@@ -154,6 +174,8 @@ class ClientConfig:
     with precision_lib.precision_scope(self.precision):
       model = segresnet.SegResNet(**self.model_config)
       model.build((None, *self.crop_size, model.in_channels))
+    if self.trainable_layers is not None:
+      segresnet.freeze_all_but(model, self.trainable_layers)
     return model
 
 
@@ -495,7 +517,9 @@ def _build_client_work(config, weights_type):
   @tff.tensorflow.computation(weights_type, data_type)
   def client_update(weights, dataset):
     trainer = make_client_trainer(config, config.build_model())
-    out = trainer.train(list(weights.trainable), dataset)
+    out = trainer.train(
+      list(weights.trainable), dataset, list(weights.non_trainable)
+    )
     result = tff.learning.templates.ClientResult(
       update=tuple(out['update']), update_weight=out['steps']
     )

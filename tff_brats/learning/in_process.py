@@ -112,11 +112,14 @@ class ClientPool:
     self,
     initial_weights: Sequence[Any],
     client_inputs: Sequence[collections.abc.Mapping],
+    non_trainable_weights: Sequence[Any] | None = None,
   ) -> list[collections.OrderedDict]:
     """Trains every client from `initial_weights`; returns their outputs.
 
     Args:
       initial_weights: The global model's trainable weights.
+      non_trainable_weights: Its non-trainable weights (frozen layers'),
+        loaded into every client's model; None keeps the models' own.
       client_inputs: Per client, `shard_paths` and `data_key` (as
         `fed_avg.CLIENT_INPUT_TYPE`).
 
@@ -131,12 +134,17 @@ class ClientPool:
       self.devices[k % num_devices] for k in range(len(client_inputs))
     ]
     weights = [tf.convert_to_tensor(w, tf.float32) for w in initial_weights]
+    frozen = (
+      None
+      if non_trainable_weights is None
+      else [tf.convert_to_tensor(w) for w in non_trainable_weights]
+    )
     outputs: list[collections.OrderedDict | None] = [None] * len(client_inputs)
 
     def run_device(d):
       for k in range(d, len(client_inputs), num_devices):
         outputs[k] = self._train_one(
-          trainers[d], self.devices[d], weights, client_inputs[k]
+          trainers[d], self.devices[d], weights, frozen, client_inputs[k]
         )
 
     used = min(num_devices, len(client_inputs))
@@ -148,7 +156,7 @@ class ClientPool:
     self.last_placement = placement
     return outputs
 
-  def _train_one(self, trainer, device, weights, client_input):
+  def _train_one(self, trainer, device, weights, frozen, client_input):
     with tf.device('/device:CPU:0'):
       dataset = self._make_dataset(
         tf.constant(
@@ -158,7 +166,7 @@ class ClientPool:
         tf.constant(np.asarray(client_input['data_key']), tf.int64),
       )
     with tf.device(device):
-      out = trainer.train(weights, dataset)
+      out = trainer.train(weights, dataset, frozen)
     sent = (
       client_training.OUTPUT_KEYS
       if self.config.report_training_statistics
@@ -234,8 +242,10 @@ class InProcessLearningProcess:
     """
     # The state returned by TFF holds the weights as numpy arrays: reading
     # them here saves shipping the whole state to the worker and back.
-    trainable = state.global_model_weights.trainable
-    outputs = self.pool.train(trainable, client_inputs)
+    weights = state.global_model_weights
+    outputs = self.pool.train(
+      weights.trainable, client_inputs, weights.non_trainable
+    )
     return self.results_process.next(state, outputs)
 
 

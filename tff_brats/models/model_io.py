@@ -113,14 +113,93 @@ def load_model(path: str) -> segresnet.SegResNet:
     model = segresnet.SegResNet.from_config(manifest['config'])
   except (TypeError, ValueError) as e:
     raise ValueError(f'{config_path}: field "config" is invalid: {e}') from e
+  size = model.size_multiple
+  model(tf.zeros([1, size, size, size, model.in_channels]))
+  _restore_weights(model, path, manifest)
+  return model
+
+
+# The config fields that fix a SegResNet's weights (their shapes and
+# placement); the others (dropout, GroupNorm's epsilon, name) may differ
+# between a model folder and the model its weights are loaded into.
+ARCHITECTURE_FIELDS = (
+  'in_channels',
+  'out_channels',
+  'init_filters',
+  'blocks_down',
+  'blocks_up',
+  'norm_groups',
+)
+
+
+def check_architecture(path: str, config: dict[str, Any]) -> dict[str, Any]:
+  """Checks that the model folder `path` holds the architecture `config`.
+
+  Args:
+    path: A model folder.
+    config: `SegResNet` keyword arguments (missing `ARCHITECTURE_FIELDS`
+      take SegResNet's defaults).
+
+  Returns:
+    The folder's config.json content.
+
+  Raises:
+    FileNotFoundError: `path` or its config.json is missing.
+    ValueError: config.json is malformed or describes another
+      architecture (naming the file, the field and both values).
+  """
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f'Model folder {path} does not exist.')
+  config_path = os.path.join(path, CONFIG_FILE)
+  manifest = _read_manifest(config_path)
+  defaults = segresnet.SegResNet.architecture_defaults()
+  for field in ARCHITECTURE_FIELDS:
+    theirs = _plain(manifest['config'].get(field, defaults[field]))
+    mine = _plain(config.get(field, defaults[field]))
+    if theirs != mine:
+      raise ValueError(
+        f'{config_path}: field "config.{field}" is {theirs!r}, but the model '
+        f'to start from it has {mine!r} (the same architecture is needed).'
+      )
+  return manifest
+
+
+def _plain(value: Any) -> Any:
+  return tuple(value) if isinstance(value, list | tuple) else value
+
+
+def load_weights_into(model: segresnet.SegResNet, path: str) -> None:
+  """Restores the weights of the model folder `path` into a built `model`.
+
+  For starting a run from a trained model (`--initial_model`): the folder's
+  architecture must be `model`'s (the `ARCHITECTURE_FIELDS` of both
+  configs); which weights `model` trains (frozen parts) does not matter,
+  as the checkpoint matches variables by their place in the model.
+
+  Raises:
+    FileNotFoundError: `path`, its config.json or its weights are missing.
+    ValueError: config.json is malformed, or describes another
+      architecture (naming the file, the field and both values).
+  """
+  if not isinstance(model, segresnet.SegResNet) or not model.built:
+    raise TypeError(
+      f'model must be a built SegResNet. Found {type(model).__name__}.'
+    )
+  manifest = check_architecture(path, model.get_config())
+  _restore_weights(model, path, manifest)
+
+
+def _restore_weights(
+  model: segresnet.SegResNet, path: str, manifest: dict[str, Any]
+) -> None:
+  """Loads the folder's weights into the built `model`; errors name them."""
+  config_path = os.path.join(path, CONFIG_FILE)
   prefix = os.path.join(path, manifest['weights'])
   if not tf.io.gfile.exists(prefix + '.index'):
     raise FileNotFoundError(
       f'{path} has no weights: {prefix}.index is missing '
       f'(field "weights" of {config_path}).'
     )
-  size = model.size_multiple
-  model(tf.zeros([1, size, size, size, model.in_channels]))
   try:
     model.load_weights(
       prefix
@@ -129,7 +208,6 @@ def load_model(path: str) -> segresnet.SegResNet:
     raise ValueError(
       f'The weights {prefix} do not fit the model of {config_path}: {e}'
     ) from e
-  return model
 
 
 def read_training_metadata(

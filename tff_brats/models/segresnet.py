@@ -32,6 +32,7 @@ probabilities under 'mixed_float16' and 'mixed_bfloat16' as well.
 from __future__ import annotations
 
 from collections.abc import Sequence
+import inspect
 import math
 from typing import Any
 
@@ -331,6 +332,16 @@ class SegResNet(tf.keras.Model):
     ]
     self.head = OutputHead(out_channels, name='head', **norm)
 
+  @classmethod
+  def architecture_defaults(cls) -> dict[str, Any]:
+    """The constructor's default arguments, by name."""
+    signature = inspect.signature(cls.__init__)
+    return {
+      name: p.default
+      for name, p in signature.parameters.items()
+      if p.default is not inspect.Parameter.empty
+    }
+
   @property
   def num_parameters(self) -> int:
     """Number of trainable parameters (MONAI's parameter count)."""
@@ -448,6 +459,45 @@ def _conv(
 def _norm_relu(groups: int, epsilon: float, *, name: str) -> layers.GroupNorm:
   """GroupNorm followed by ReLU, fused (see `layers.GroupNorm`)."""
   return layers.GroupNorm(groups, epsilon, activation='relu', name=name)
+
+
+def part_names(num_levels: int) -> tuple[str, ...]:
+  """The names of a SegResNet's parts with weights, input to output.
+
+  'init_conv', 'down0' … 'down{L-1}' (encoder levels), 'up0' … 'up{L-2}'
+  (decoder stages, coarse to fine) and 'head', for L = `num_levels` =
+  `len(blocks_down)`: the units `freeze_all_but` works on.
+  """
+  checks.check_positive_int('num_levels', num_levels)
+  return (
+    'init_conv',
+    *(f'down{i}' for i in range(num_levels)),
+    *(f'up{j}' for j in range(num_levels - 1)),
+    'head',
+  )
+
+
+def freeze_all_but(model: SegResNet, names: Sequence[str]) -> None:
+  """Makes only the parts `names` (`part_names`) trainable.
+
+  The other parts' weights become non-trainable: an optimiser, FedAvg's
+  update and every privacy mechanism then see only the named parts.
+
+  Raises:
+    ValueError: A name is not a part of this model (naming the valid ones),
+      or `names` is empty.
+  """
+  valid = part_names(len(model.blocks_down))
+  names = tuple(names)
+  unknown = [n for n in names if n not in valid]
+  if not names or unknown:
+    raise ValueError(
+      f'trainable_layers must name parts of this SegResNet ({", ".join(valid)}). '
+      f'Found {list(names)!r}.'
+    )
+  for layer in model.layers:
+    if layer.name in valid:
+      layer.trainable = layer.name in names
 
 
 def check_blocks(

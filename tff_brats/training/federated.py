@@ -285,8 +285,10 @@ class FederatedLoop:
         are always those of `config.data_dir`.
 
     Raises:
-      ValueError: No clients, too many clients per round, or no validation
-        cases in `config.data_dir`.
+      ValueError: No clients, too many clients per round, no validation
+        cases in `config.data_dir`, or an `initial_model` of another
+        architecture.
+      FileNotFoundError: `initial_model` is missing.
     """
     self.config = config
     self.run_dir = run_dir
@@ -322,6 +324,8 @@ class FederatedLoop:
         f'Found none in {root!r}; prepare it with --validation_fraction or '
         '--validation_cases.'
       )
+    if config.initial_model is not None:
+      model_io.check_architecture(config.initial_model, config.model_config)
     self.clients_per_round = config.clients_per_round or len(self.client_ids)
     self.record = config.round_record()
     self.journal = privacy_journal.PrivacyJournal(
@@ -385,6 +389,9 @@ class FederatedLoop:
     if config.seed is not None:
       tf.keras.utils.set_random_seed(config.seed)
     self.model = config.client_config().build_model()
+    if config.initial_model is not None:
+      model_io.load_weights_into(self.model, config.initial_model)
+      logging.info('Starting from the model in %s.', config.initial_model)
     self.predict_fn = predictors.from_keras_model(self.model)
     # What inference needs to match training, in every model folder.
     self.training = training_metadata.TrainingMetadata.for_prepared(

@@ -48,6 +48,13 @@ class FederatedConfig:
     crop_size, batch_size, crops_per_case, tumour_crop_probability: The
       clients' input pipeline.
     init_filters: SegResNet's initial filters.
+    trainable_layers: None (train everything), or the SegResNet parts that
+      train and are shared (`segresnet.part_names`: 'init_conv', 'down0', …,
+      'up0', …, 'head'); the others stay at the initial model's values, so
+      the update, and the dimension its noise is spread over, shrinks.
+    initial_model: A model folder (`final_model/`, `best_model/`) to start
+      from instead of random weights, e.g. one pre-trained on public data;
+      same architecture.
     blocks_down, blocks_up: SegResNet's residual blocks per encoder level
       and decoder stage (MONAI's (1, 2, 2, 4) and (1, 1, 1) by default; a
       shorter `blocks_down` gives a shallower, faster model).
@@ -93,6 +100,8 @@ class FederatedConfig:
   crops_per_case: int = 1
   tumour_crop_probability: float = pipeline.DEFAULT_TUMOUR_CROP_PROBABILITY
   init_filters: int = 16
+  trainable_layers: tuple[str, ...] | None = None
+  initial_model: str | None = None
   blocks_down: tuple[int, ...] = segresnet.DEFAULT_BLOCKS_DOWN
   blocks_up: tuple[int, ...] = segresnet.DEFAULT_BLOCKS_UP
   loss: str = 'dice_bce'
@@ -124,6 +133,18 @@ class FederatedConfig:
     )
     object.__setattr__(self, 'blocks_down', blocks_down)
     object.__setattr__(self, 'blocks_up', blocks_up)
+    if self.trainable_layers is not None:
+      names = self.trainable_layers
+      if isinstance(names, str):
+        names = (names,)
+      object.__setattr__(self, 'trainable_layers', tuple(names))
+    if self.initial_model is not None and not isinstance(
+      self.initial_model, str
+    ):
+      raise ValueError(
+        f'initial_model must be a model folder path or None. Found '
+        f'{self.initial_model!r}.'
+      )
     if self.eval_window is not None:
       object.__setattr__(self, 'eval_window', tuple(self.eval_window))
     for name in (
@@ -236,6 +257,7 @@ class FederatedConfig:
       precision=self.precision,
       report_training_statistics=self.report_training_statistics,
       dp_sgd=self.mechanism.client_training(self.noise_seed),
+      trainable_layers=self.trainable_layers,
     )
 
   def model_aggregator(self, clients_per_round: int):
