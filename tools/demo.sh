@@ -39,7 +39,7 @@ train_flags=(
   --data_dir="$out/prepared"
   --root_output_dir="$out/runs"
   --experiment_name=svt
-  --total_rounds=24
+  --total_rounds=20
   --client_epochs_per_round=1
   --client_learning_rate=1e-3
   --crop_size=$crop
@@ -50,7 +50,7 @@ train_flags=(
   --selection_epsilon=1e8
   --release_epsilon=1e8
   --threshold=0
-  --rounds_per_eval=8
+  --rounds_per_eval=10
   --seed=0
 )
 if [[ -f "$run/summary.json" ]]; then

@@ -1,5 +1,7 @@
 """Tests of tff_brats.learning.dp_sgd_training (plain TensorFlow, no TFF)."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -226,23 +228,24 @@ class TestTrainer:
     assert difference > 1e-2 * scale
 
   def test_noise_changes_the_update_and_the_seed_fixes_it(self, shard_paths):
+    # q = 1: every case in every lot whatever the key, so two noise seeds
+    # differ only in the noise they draw.
     model = _build_model()
     initial = [v.numpy() for v in model.trainable_variables]
+    options = _options(noise_multiplier=2.0, sampling_probability=1.0)
+    trainer = dp_sgd_training.DpSgdTrainer(
+      model, options, learning_rate=LEARNING_RATE
+    )
 
-    def update(**overrides):
-      options = _options(**overrides)
-      trainer = dp_sgd_training.DpSgdTrainer(
-        model, options, learning_rate=LEARNING_RATE
-      )
-      out = trainer.train(initial, _dataset(shard_paths, options))
+    def update(noise_seed):
+      seeded = dataclasses.replace(options, noise_seed=noise_seed)
+      out = trainer.train(initial, _dataset(shard_paths, seeded))
       return [u.numpy() for u in out['update']]
 
-    noisy = update(noise_multiplier=2.0)
-    again = update(noise_multiplier=2.0)
-    quiet = update(noise_multiplier=0.0)
-    for a, b in zip(noisy, again, strict=True):
+    first, again, other = update(3), update(3), update(4)
+    for a, b in zip(first, again, strict=True):
       np.testing.assert_array_equal(a, b)
-    assert any(not np.allclose(a, b) for a, b in zip(noisy, quiet, strict=True))
+    assert any(not np.allclose(a, b) for a, b in zip(first, other, strict=True))
 
   def test_empty_lots_without_noise_leave_the_model(self, shard_paths):
     options = _options(noise_multiplier=0.0, sampling_probability=1e-9)
