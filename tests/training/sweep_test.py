@@ -15,6 +15,7 @@ import os
 import pytest
 
 from experiments import privacy_utility_sweep
+from tests.experiments import binaries
 from tff_brats.models import segresnet
 from tff_brats.training import sweep
 
@@ -203,3 +204,22 @@ def test_readme_block_is_replaced_between_the_markers(tmp_path):
   readme.write_text('no markers\n')
   with pytest.raises(ValueError, match='must hold'):
     privacy_utility_sweep.update_readme(str(readme), '| new |\n')
+
+
+def test_smoke_child_process(tmp_path):
+  shown = binaries.run_binary('privacy_utility_sweep', '--print_default_grid')
+  assert shown.returncode == 0, shown.stderr
+  assert json.loads(shown.stdout) == json.loads(json.dumps(sweep.DEFAULT_GRID))
+  grid = tmp_path / 'grid.json'
+  grid.write_text(json.dumps({'runs': [{'name': 'x', 'mechanism': {}}]}))
+  bad = binaries.run_binary(
+    'privacy_utility_sweep',
+    f'--output_dir={tmp_path / "out"}',
+    f'--grid={grid}',
+  )
+  assert bad.returncode != 0
+  assert (
+    f'privacy_utility_sweep: error: {grid}: field "runs[0].mechanism": a '
+    'mechanism needs a name.'
+  ) in bad.stderr
+  assert not (tmp_path / 'out').exists()
