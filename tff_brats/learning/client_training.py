@@ -196,9 +196,7 @@ class ClientTrainer:
         initial_weights, self.model.trainable_variables, strict=True
       )
     ]
-    finite = tf.reduce_all(
-      [tf.reduce_all(tf.math.is_finite(u)) for u in update]
-    )
+    finite = all_finite(update)
     update = [tf.where(finite, u, tf.zeros_like(u)) for u in update]
     return collections.OrderedDict(
       update=update,
@@ -209,6 +207,11 @@ class ClientTrainer:
       dice_target=tf.identity(self._dice.target),
       non_finite=1 - tf.cast(finite, tf.int32),
     )
+
+
+def all_finite(tensors: Sequence[tf.Tensor]) -> tf.Tensor:
+  """A bool scalar: whether every value of every tensor is finite."""
+  return tf.reduce_all([tf.reduce_all(tf.math.is_finite(t)) for t in tensors])
 
 
 def pooled_dice(

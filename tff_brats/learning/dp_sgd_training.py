@@ -222,9 +222,7 @@ class DpSgdTrainer(client_training.ClientTrainer):
           self.optimizer, tape, loss, variables
         )
         gradients = [tf.cast(g, tf.float32) for g in gradients]
-        finite = tf.reduce_all(
-          [tf.reduce_all(tf.math.is_finite(g)) for g in gradients]
-        )
+        finite = client_training.all_finite(gradients)
         gradients = [tf.where(finite, g, tf.zeros_like(g)) for g in gradients]
         clipped, _ = self.clipper.clip(gradients)
         lot_sum = [s + c for s, c in zip(lot_sum, clipped, strict=True)]

@@ -118,19 +118,14 @@ class ClientConfig:
 
   def __post_init__(self):
     if self.trainable_layers is not None:
-      names = self.trainable_layers
-      if isinstance(names, str):
-        names = (names,)
-      object.__setattr__(self, 'trainable_layers', tuple(names))
-      valid = segresnet.part_names(
-        len(self.model_config.get('blocks_down', segresnet.DEFAULT_BLOCKS_DOWN))
+      levels = len(
+        self.model_config.get('blocks_down', segresnet.DEFAULT_BLOCKS_DOWN)
       )
-      unknown = [n for n in self.trainable_layers if n not in valid]
-      if not self.trainable_layers or unknown:
-        raise ValueError(
-          'trainable_layers must name parts of the SegResNet '
-          f'({", ".join(valid)}). Found {list(self.trainable_layers)!r}.'
-        )
+      object.__setattr__(
+        self,
+        'trainable_layers',
+        segresnet.check_part_names(self.trainable_layers, levels),
+      )
     if self.dp_sgd is not None:
       if not isinstance(self.dp_sgd, dp_sgd_training.DpSgdOptions):
         raise ValueError(

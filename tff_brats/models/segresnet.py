@@ -477,6 +477,24 @@ def part_names(num_levels: int) -> tuple[str, ...]:
   )
 
 
+def check_part_names(names: str | Sequence[str], num_levels: int) -> tuple:
+  """`names` (one name or several) as a tuple of `part_names(num_levels)`.
+
+  Raises:
+    ValueError: `names` is empty or names something that is not a part of a
+      SegResNet with `num_levels` levels (the message lists the parts).
+  """
+  valid = part_names(num_levels)
+  names = (names,) if isinstance(names, str) else tuple(names)
+  unknown = [n for n in names if n not in valid]
+  if not names or unknown:
+    raise ValueError(
+      f'trainable_layers must name parts of the SegResNet ({", ".join(valid)}). '
+      f'Found {list(names)!r}.'
+    )
+  return names
+
+
 def freeze_all_but(model: SegResNet, names: Sequence[str]) -> None:
   """Makes only the parts `names` (`part_names`) trainable.
 
@@ -485,16 +503,10 @@ def freeze_all_but(model: SegResNet, names: Sequence[str]) -> None:
 
   Raises:
     ValueError: A name is not a part of this model (naming the valid ones),
-      or `names` is empty.
+      or `names` is empty (`check_part_names`).
   """
   valid = part_names(len(model.blocks_down))
-  names = tuple(names)
-  unknown = [n for n in names if n not in valid]
-  if not names or unknown:
-    raise ValueError(
-      f'trainable_layers must name parts of this SegResNet ({", ".join(valid)}). '
-      f'Found {list(names)!r}.'
-    )
+  names = check_part_names(names, len(model.blocks_down))
   for layer in model.layers:
     if layer.name in valid:
       layer.trainable = layer.name in names

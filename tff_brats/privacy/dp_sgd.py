@@ -47,6 +47,7 @@ import dp_accounting
 import tensorflow as tf
 from tensorflow_privacy.privacy.dp_query import gaussian_query
 
+from tff_brats.privacy import planning
 from tff_brats.utils import checks
 
 # Streams folded into a client's privacy key.
@@ -64,12 +65,7 @@ def check_parameters(
   """Raises ValueError naming the first bad DP-SGD parameter."""
   checks.check_non_negative_number('noise_multiplier', noise_multiplier)
   checks.check_positive_number('l2_norm_clip', l2_norm_clip)
-  if not checks.is_number(sampling_probability) or not (
-    0 < sampling_probability <= 1
-  ):
-    raise ValueError(
-      f'sampling_probability must be in (0, 1]. Found {sampling_probability!r}.'
-    )
+  planning.check_sampling_probability(sampling_probability)
   checks.check_positive_int('local_steps', local_steps)
 
 
@@ -77,12 +73,7 @@ def step_event(
   noise_multiplier: float, sampling_probability: float
 ) -> dp_accounting.DpEvent:
   """One local step: Poisson-sampled Gaussian (q = 1: plain Gaussian)."""
-  gaussian = dp_accounting.GaussianDpEvent(float(noise_multiplier))
-  if sampling_probability == 1:
-    return gaussian
-  return dp_accounting.PoissonSampledDpEvent(
-    float(sampling_probability), gaussian
-  )
+  return planning.gaussian_step_event(noise_multiplier, sampling_probability)
 
 
 def round_event(

@@ -203,6 +203,28 @@ def solve_selection_epsilon(
   return per_round - release_epsilon
 
 
+def check_sampling_probability(sampling_probability: float) -> None:
+  """Raises ValueError unless q is a number in (0, 1]."""
+  if not checks.is_number(sampling_probability) or not (
+    0 < sampling_probability <= 1
+  ):
+    raise ValueError(
+      f'sampling_probability must be in (0, 1]. Found {sampling_probability!r}.'
+    )
+
+
+def gaussian_step_event(
+  noise_multiplier: float, sampling_probability: float = 1.0
+) -> dp_accounting.DpEvent:
+  """A Gaussian step, Poisson-sampled with q < 1 (q = 1: plain Gaussian)."""
+  gaussian = dp_accounting.GaussianDpEvent(float(noise_multiplier))
+  if sampling_probability == 1:
+    return gaussian
+  return dp_accounting.PoissonSampledDpEvent(
+    float(sampling_probability), gaussian
+  )
+
+
 def solve_noise_multiplier(
   *,
   target_epsilon: float,
@@ -235,12 +257,7 @@ def solve_noise_multiplier(
   checks.check_positive_number('target_epsilon', target_epsilon)
   checks.check_positive_int('num_rounds', num_rounds)
   checks.check_positive_int('steps_per_round', steps_per_round)
-  if not checks.is_number(sampling_probability) or not (
-    0 < sampling_probability <= 1
-  ):
-    raise ValueError(
-      f'sampling_probability must be in (0, 1]. Found {sampling_probability!r}.'
-    )
+  check_sampling_probability(sampling_probability)
   if not checks.is_number(delta) or not 0 < delta < 1:
     raise ValueError(f'delta must be in (0, 1). Found {delta!r}.')
   accountants = {
@@ -251,10 +268,10 @@ def solve_noise_multiplier(
     raise ValueError(f'method must be one of rdp, pld. Found {method!r}.')
 
   def event(z):
-    step = dp_accounting.GaussianDpEvent(z)
-    if sampling_probability < 1:
-      step = dp_accounting.PoissonSampledDpEvent(sampling_probability, step)
-    return dp_accounting.SelfComposedDpEvent(step, num_rounds * steps_per_round)
+    return dp_accounting.SelfComposedDpEvent(
+      gaussian_step_event(z, sampling_probability),
+      num_rounds * steps_per_round,
+    )
 
   def spent(z):
     return accountants[method]().compose(event(z)).get_epsilon(delta)

@@ -134,10 +134,11 @@ class FederatedConfig:
     object.__setattr__(self, 'blocks_down', blocks_down)
     object.__setattr__(self, 'blocks_up', blocks_up)
     if self.trainable_layers is not None:
-      names = self.trainable_layers
-      if isinstance(names, str):
-        names = (names,)
-      object.__setattr__(self, 'trainable_layers', tuple(names))
+      object.__setattr__(
+        self,
+        'trainable_layers',
+        segresnet.check_part_names(self.trainable_layers, len(blocks_down)),
+      )
     if self.initial_model is not None and not isinstance(
       self.initial_model, str
     ):

@@ -363,7 +363,6 @@ def collect_results(
   output_dir: str, grid: Mapping[str, Any]
 ) -> list[dict[str, Any]]:
   """The rows of every finished run (and the pre-trained model)."""
-  settings = SweepSettings(**grid.get('settings', {}))
   rows = []
   pretrained_row = os.path.join(output_dir, PRETRAINED_RUN, 'sweep_row.json')
   if os.path.exists(pretrained_row):
@@ -374,7 +373,7 @@ def collect_results(
     summary_path = os.path.join(run_dir, 'summary.json')
     if not os.path.exists(summary_path):
       continue
-    rows.append(_result_row(run, run_dir, settings))
+    rows.append(_result_row(run, run_dir))
   return rows
 
 
@@ -572,12 +571,17 @@ def _write_pretrained_row(output_dir, model_dir, settings):
   )
 
 
-def _check_mechanism(run):
-  """Builds the run's mechanism without solving (solving takes seconds)."""
+def _mechanism_spec(run):
+  """(the mechanism class of `run`, its parameters as given)."""
   spec = dict(run.get('mechanism') or {})
   if 'name' not in spec:
     raise ValueError(f'a mechanism needs a name. Found {spec!r}.')
-  cls = mechanisms.get(spec.pop('name'))
+  return mechanisms.get(spec.pop('name')), spec
+
+
+def _check_mechanism(run):
+  """Builds the run's mechanism without solving (solving takes seconds)."""
+  cls, spec = _mechanism_spec(run)
   solve = run.get('solve')
   if solve is not None:
     if not isinstance(solve, dict) or set(solve) != {
@@ -594,23 +598,17 @@ def _check_mechanism(run):
   cls.from_parameters(spec)
 
 
-def _mechanism(run, settings, total_rounds=None):
-  """The run's mechanism, with its `solve` applied."""
-  spec = dict(run.get('mechanism') or {})
-  if 'name' not in spec:
-    raise ValueError(f'a mechanism needs a name. Found {spec!r}.')
-  cls = mechanisms.get(spec.pop('name'))
+def _mechanism(run, settings, total_rounds):
+  """The run's mechanism, with its `solve` applied over `total_rounds`."""
+  cls, spec = _mechanism_spec(run)
   solve = run.get('solve')
   if solve is None:
     return cls.from_parameters(spec)
-  rounds = total_rounds or run.get('levers', {}).get(
-    'total_rounds', settings.total_rounds
-  )
   return cls.solve(
     solve['parameter'],
     target_epsilon=float(solve['target_epsilon']),
     delta=settings.delta,
-    num_rounds=int(rounds),
+    num_rounds=int(total_rounds),
     **spec,
   ).mechanism
 
@@ -658,7 +656,7 @@ def _run_one(output_dir, run, settings, benchmark, pretrained, progress):
       _add_seconds(run_dir, time.monotonic() - started)
 
 
-def _result_row(run, run_dir, settings):
+def _result_row(run, run_dir):
   with open(os.path.join(run_dir, 'summary.json')) as f:
     summary = json.load(f)
   with open(os.path.join(run_dir, 'hparams.json')) as f:
@@ -666,7 +664,7 @@ def _result_row(run, run_dir, settings):
   seconds = _seconds(run_dir)
   mechanism = mechanisms.from_dict(hparams['privacy_mechanism'])
   privacy = summary['privacy']
-  values = _values_sent(hparams, settings)
+  values = _values_sent(hparams)
   released = _mean_released(run_dir)
   nonzero = values if released is None else released
   return {
@@ -704,13 +702,11 @@ def _worst(epsilons):
   return max(values, default=0.0)
 
 
-def _values_sent(hparams, settings):
-  """Values in one client's update: the trainable parameters."""
-  config = dict(settings.model_config)
-  for key in ('init_filters', 'blocks_down', 'blocks_up'):
-    if key in hparams:
-      config[key] = hparams[key]
-  model = segresnet.SegResNet(**config)
+def _values_sent(hparams):
+  """Values in one client's update: the run's trainable parameters."""
+  model = segresnet.SegResNet(
+    **{k: hparams[k] for k in ('init_filters', 'blocks_down', 'blocks_up')}
+  )
   size = model.size_multiple
   model.build((None, size, size, size, 4))
   if hparams.get('trainable_layers'):
