@@ -214,6 +214,25 @@ class TestHd95:
     assert expected > 0
     assert scoring.hd95(a, b, spacing) == pytest.approx(expected, rel=1e-12)
 
+  @pytest.mark.parametrize('connectivity', [1, 2, 3])
+  def test_scattered_false_positives_match_medpy(self, connectivity):
+    # A prediction with isolated voxels scattered over the whole volume
+    # (each one its own surface), a truth blob in one corner: the two masks
+    # have different bounding boxes, and the k-d tree must give MedPy's
+    # distance-transform result.
+    rng = np.random.default_rng(connectivity)
+    shape = (30, 34, 26)
+    spacing = (1.2, 0.8, 3.0)
+    truth = _blobs(shape, connectivity, 0.08)
+    truth[:, 17:, :] = False
+    prediction = _blobs(shape, connectivity + 10, 0.08)
+    prediction |= rng.random(shape) < 0.01
+    assert truth.any() and prediction.any()
+    expected = _medpy_hd95(prediction, truth, spacing, connectivity)
+    assert scoring.hd95(
+      prediction, truth, spacing, connectivity=connectivity
+    ) == pytest.approx(expected, rel=1e-12)
+
   def test_two_dimensional_masks(self):
     a = _box((6, 8), 1, 1)
     b = _box((6, 8), 1, 6)
