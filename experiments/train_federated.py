@@ -29,6 +29,7 @@ from absl import flags
 from experiments import shared_flags
 from tff_brats.learning import fed_avg
 from tff_brats.runtime import devices
+from tff_brats.runtime import local
 from tff_brats.runtime import sites
 from tff_brats.training import federated
 
@@ -230,7 +231,7 @@ def main(argv: Sequence[str]) -> None:
       runtime=_RUNTIME.value,
       **site_kwargs(),
     )
-  except (ValueError, sites.SiteError) as e:  # the message says which
+  except (ValueError, sites.SiteError, local.WorkerError) as e:  # says which
     raise SystemExit(f'train_federated: error: {e}') from None
   _print_summary(summary, run_dir)
 

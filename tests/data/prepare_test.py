@@ -30,7 +30,8 @@ from tff_brats.data.errors import BratsDataError
 
 SHAPE = (8, 9, 10)
 SPACING = (1.0, 1.5, 2.0)
-AFFINE = np.diag([*SPACING, 1.0])
+# The BraTS orientation (LPS), which the reader keeps as stored.
+AFFINE = np.diag([-SPACING[0], -SPACING[1], SPACING[2], 1.0])
 # The brain occupies this box; everything outside is exactly 0.
 BRAIN = (slice(2, 6), slice(1, 8), slice(3, 9))
 NOBODY = 65534

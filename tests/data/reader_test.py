@@ -25,7 +25,8 @@ from tff_brats.data.errors import BratsDataError
 
 SHAPE = (6, 7, 8)
 SPACING = (1.0, 1.5, 2.0)
-AFFINE = np.diag([*SPACING, 1.0])
+# The BraTS orientation (LPS), which the reader keeps as stored.
+AFFINE = np.diag([-SPACING[0], -SPACING[1], SPACING[2], 1.0])
 B18 = layouts.BRATS2018
 B23 = layouts.BRATS2023
 ID18 = 'Brats18_CBICA_AAA_1'

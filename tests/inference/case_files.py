@@ -22,10 +22,11 @@ from tff_brats.models import training_metadata
 
 SHAPE = (20, 18, 16)
 BOX = ((3, 15), (2, 14), (4, 12))
+# LPS, the BraTS orientation (the reader keeps it as stored).
 AFFINE = np.array(
   [
     [-1.0, 0.0, 0.0, 90.0],
-    [0.0, 1.5, 0.0, -126.0],
+    [0.0, -1.5, 0.0, 126.0],
     [0.0, 0.0, 2.0, -72.0],
     [0.0, 0.0, 0.0, 1.0],
   ]

@@ -17,12 +17,15 @@ TensorFlow, about 3 s of CPU).
 import logging
 import os
 import re
+import resource
 import signal
 import socket
 import stat
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -347,3 +350,78 @@ def test_bad_isolation_is_named():
     match=re.escape("isolation must be one of namespace, none. Found 'open'."),
   ):
     worker_lib.WorkerProcess(1234, '/tmp/unused.log', isolation='open')
+
+
+# A worker that dies, or fails, under a computation.
+
+
+@tff.tensorflow.computation(np.int32)
+def _busy(iterations):
+  """Matrix products on the worker, about 0.5 ms per iteration."""
+  matrix = tf.random.stateless_uniform([200, 200], seed=[1, 2])
+
+  def body(i, m):
+    return i + 1, tf.linalg.normalize(tf.matmul(m, matrix))[0]
+
+  _, result = tf.while_loop(lambda i, _: i < iterations, body, (0, matrix))
+  return tf.reduce_sum(result)
+
+
+@tff.tensorflow.computation(np.int32)
+def _allocate(n):
+  return tf.reduce_sum(tf.ones([n], tf.float32) * 2.0)
+
+
+def test_a_killed_worker_stops_the_call_naming_it_and_its_log(tmp_path):
+  # TFF retries UNAVAILABLE forever: without the runtime's check the call
+  # below would never return. 10**8 iterations would take hours.
+  with local.LocalRuntime(log_dir=str(tmp_path)) as rt:
+    worker_pid = rt.worker_pid
+    assert _busy(2) > 0  # traced, sent and run once
+    timer = threading.Timer(1.0, os.kill, (worker_pid, signal.SIGKILL))
+    timer.start()
+    started = time.monotonic()
+    with pytest.raises(local.WorkerDiedError) as raised:
+      _busy(10**8)
+    elapsed = time.monotonic() - started
+    timer.join()
+    log_path = rt.log_path
+  message = str(raised.value)
+  assert f'The TFF worker (process {worker_pid}, port' in message
+  assert 'was killed by SIGKILL (signal 9)' in message
+  assert f'Its log is {log_path}; it ends with:' in message
+  assert 'listens on port' in message  # the log's last lines are quoted
+  assert '--resume' in message
+  # Killed after 1 s; the launcher is reaped within its grace period.
+  assert elapsed < 1.0 + local.WORKER_EXIT_GRACE_SECONDS + 10, elapsed
+  assert testing_utils.wait_process_gone(worker_pid)
+
+
+def test_a_worker_out_of_memory_fails_the_call_naming_it(tmp_path):
+  # The worker's address space is capped 256 MiB above what it uses (as a
+  # cgroup or `ulimit -v` on a shared node would), then asked for 2 GiB.
+  with local.LocalRuntime(log_dir=str(tmp_path)) as rt:
+    worker_pid = rt.worker_pid
+    assert _allocate(10) == 20.0
+    with open(f'/proc/{worker_pid}/status') as f:
+      (size_kib,) = [
+        int(line.split()[1]) for line in f if line.startswith('VmSize')
+      ]
+    _, hard = resource.prlimit(worker_pid, resource.RLIMIT_AS)
+    resource.prlimit(
+      worker_pid, resource.RLIMIT_AS, ((size_kib << 10) + (256 << 20), hard)
+    )
+    started = time.monotonic()
+    with pytest.raises(local.WorkerError) as raised:
+      _allocate(1 << 29)
+    elapsed = time.monotonic() - started
+    log_path = rt.log_path
+    # The worker survives its failed call and serves the next one.
+    assert _allocate(10) == 20.0
+  message = str(raised.value)
+  assert f'The TFF worker (process {worker_pid}, port' in message
+  assert 'failed a computation: INTERNAL' in message
+  assert 'OOM when allocating tensor' in message
+  assert f'Its log is {log_path}.' in message
+  assert elapsed < 60, elapsed
+  assert testing_utils.wait_process_gone(worker_pid)

@@ -352,7 +352,29 @@ def test_interrupted_runs_resume_to_the_uninterrupted_result(
     assert testing_utils.wait_process_gone(pid), f'worker {pid} survived'
   assert [r['round'] for r in run_files.rows(run_dir)] == ['1']
 
-  # 3. Resumed to the end, in this process (whose client computations
+  # 3. Resumed; its TFF worker is killed (SIGKILL, as the kernel's OOM
+  # killer would) in the middle of round 2. The trainer must stop within a
+  # bounded time (TFF alone would retry the dead connection forever) with
+  # an error that names the worker and its log.
+  child, log = _start_binary([*flag_list, '--resume'], str(tmp_path / 'c.log'))
+  _wait_for(
+    lambda: len(run_files.journal(run_dir)) == 4, 600, 'round 2 to restart'
+  )
+  (worker_pid,) = testing_utils.stray_worker_pids()
+  time.sleep(0.5)
+  os.kill(worker_pid, signal.SIGKILL)
+  killed = time.monotonic()
+  output = _finish(child, log, timeout=120)
+  assert time.monotonic() - killed < 60
+  assert child.returncode == 1, output
+  assert 'Counted 1 release(s)' in output  # step 2's interrupted release
+  assert 'train_federated: error: The TFF worker (process' in output
+  assert 'was killed by SIGKILL (signal 9)' in output
+  assert f'Its log is {os.path.join(run_dir, "logs", "tff_worker-")}' in output
+  assert 'continues from its last checkpoint with --resume' in output
+  assert [r['round'] for r in run_files.rows(run_dir)] == ['1']
+
+  # 4. Resumed to the end, in this process (whose client computations
   # svt_run traced already).
   caplog.clear()
   with caplog.at_level(logging.WARNING):
@@ -360,27 +382,29 @@ def test_interrupted_runs_resume_to_the_uninterrupted_result(
       _config_of(flag_list), run_dir, resume=True, progress=False
     )
   _assert_no_worker_children()
-  # Round 2's interrupted release.
-  assert any('Counted 1 release(s)' in r.getMessage() for r in caplog.records)
+  # Round 2's two interrupted releases (trainer killed, then worker killed),
+  # both after round 1's checkpoint.
+  assert any('Counted 2 release(s)' in r.getMessage() for r in caplog.records)
 
-  # Every release left the clients and is counted exactly once: releases 0
-  # and 2 are the interrupted rounds 1 and 2.
+  # Every release left the clients and is counted exactly once: releases 0,
+  # 2 and 3 are the interrupted rounds 1 and 2 (twice).
   assert [(e['release'], e['round']) for e in run_files.journal(run_dir)] == [
     (0, 1),
     (1, 1),
     (2, 2),
     (3, 2),
-    (4, 3),
+    (4, 2),
+    (5, 3),
   ]
   rows = run_files.rows(run_dir)
-  assert [r['release'] for r in rows] == ['1', '3', '4']
+  assert [r['release'] for r in rows] == ['1', '4', '5']
   ledger = run_files.ledger(run_dir)
   for client in _CLIENTS:
-    assert [r for r, _ in ledger.history(client)] == [0, 1, 2, 3, 4]
+    assert [r for r, _ in ledger.history(client)] == [0, 1, 2, 3, 4, 5]
   with open(os.path.join(run_dir, 'summary.json')) as f:
     summary = json.load(f)
   assert summary['rounds_completed'] == 3
-  assert summary['releases'] == 5
+  assert summary['releases'] == 6
   assert summary['privacy']['epsilon_summed'] == {c: None for c in _CLIENTS}
 
   # The model and every number but the release counters and the times are

@@ -10,6 +10,29 @@ Plain numpy + nibabel; no TensorFlow. Two steps:
   same voxel grid, and the labels follow the layout's convention. A label
   outside the convention is an error, never mapped silently.
 
+Scans written by other tools (dcm2niix, ITK, FSL, FreeSurfer, 3D Slicer,
+MONAI, nibabel scripts) load as follows:
+
+* Intensity scaling (`scl_slope`, `scl_inter`) is applied; any integer or
+  float data type is read, and labels stored as whole-number floats are
+  accepted. NaN or Inf voxels are an error naming the first one.
+* The voxel-to-world matrix is the sform when its code is set, else the
+  qform (nibabel's and the NIfTI standard's order). A file whose qform and
+  sform are both set but point its axes in different directions is an
+  error: which one the scanner meant cannot be told. A file with neither
+  code set has no known orientation; its voxels are used as stored, with a
+  warning.
+* Every case is returned in the orientation of the BraTS files,
+  `TRAINING_AXCODES` = ('L', 'P', 'S') in nibabel's axis codes, by
+  permuting and flipping axes only (`nibabel.orientations`; an oblique
+  scan goes to its closest such orientation, never resampled). BraTS data
+  are already in it, so they are unchanged; an RAS or LPS-transposed scan
+  reaches the model the way its training data did.
+  `LoadedCase.to_source_grid` maps an array back to the files' own grid,
+  where predictions are written.
+* All files of a case must be on one grid (shape and affine); a modality
+  in another grid or orientation is an error, never resampled.
+
 Every problem raises `errors.BratsDataError` naming the case, the file and
 the offending value.
 """
@@ -25,9 +48,12 @@ import os
 from typing import NamedTuple
 import zlib
 
+from absl import logging
 import nibabel as nib
 from nibabel import filebasedimages
+from nibabel import orientations
 from nibabel import spatialimages
+from nibabel import wrapstruct
 import numpy as np
 
 from tff_brats.data import errors
@@ -39,6 +65,10 @@ GRADES = ('HGG', 'LGG')
 
 # Discovery looks at `data_dir` and sub-folders down to this depth.
 MAX_SEARCH_DEPTH = 2
+
+# The orientation of the BraTS files (nibabel's axis codes of their affine,
+# `synthetic.nifti_affine`): every loaded case is put in it.
+TRAINING_AXCODES = ('L', 'P', 'S')
 
 _CHUNK_BYTES = 1 << 20
 _GZIP_MAGIC = b'\x1f\x8b'
@@ -80,9 +110,15 @@ class LoadedCase:
       order.
     labels: uint8 `[D, H, W]`, the original label map, or None.
     regions: bool `[D, H, W, 3]` (TC, WT, ET) regions, or None.
-    affine: float64 `[4, 4]` voxel-to-world affine of the first modality.
-    spacing: Voxel size in mm, from the first modality's header zooms.
-    shape: `(D, H, W)`.
+    affine: float64 `[4, 4]` voxel-to-world affine of the arrays above: the
+      first modality's, with the reorientation folded in.
+    spacing: Voxel size in mm along the arrays' axes (the first modality's
+      header zooms, in the reoriented axis order).
+    shape: `(D, H, W)` of the arrays above.
+    source_axcodes: The files' own orientation (nibabel axis codes), or
+      None when their header sets neither qform nor sform (then the arrays
+      are as stored).
+    source_shape: `(D, H, W)` of the files' own grid.
   """
 
   case: Case
@@ -92,6 +128,44 @@ class LoadedCase:
   affine: np.ndarray
   spacing: tuple[float, float, float]
   shape: tuple[int, int, int]
+  source_axcodes: tuple[str, str, str] | None = None
+  source_shape: tuple[int, int, int] | None = None
+
+  def __post_init__(self):
+    if self.source_shape is None:
+      self.source_shape = self.shape
+
+  @property
+  def reoriented(self) -> bool:
+    """Whether the arrays' axes differ from the files' own."""
+    return self.source_axcodes is not None and (
+      self.source_axcodes != TRAINING_AXCODES
+    )
+
+  def to_source_grid(self, array: np.ndarray) -> np.ndarray:
+    """Maps `[D, H, W, ...]` on the loaded grid back to the files' grid.
+
+    Args:
+      array: An array whose first three axes are `shape` (labels,
+        probabilities, regions); trailing axes are kept.
+
+    Returns:
+      The array on the files' own grid (`source_shape`), where it lines up
+      with their affine and header.
+    """
+    array = np.asarray(array)
+    if tuple(array.shape[:3]) != self.shape:
+      raise ValueError(
+        f'array must have the loaded grid {self.shape} in its first three '
+        f'axes. Found shape {array.shape}.'
+      )
+    if not self.reoriented:
+      return array
+    back = orientations.ornt_transform(
+      orientations.axcodes2ornt(TRAINING_AXCODES),
+      orientations.axcodes2ornt(self.source_axcodes),
+    )
+    return np.ascontiguousarray(orientations.apply_orientation(array, back))
 
 
 def discover_cases(
@@ -312,15 +386,46 @@ def load_case(
     _check_same_grid(first, volume, 'segmentation', affine_atol)
     labels = _checked_labels(volume, case.layout)
     regions = layouts.labels_to_regions(labels, case.layout)
+  source_shape = tuple(int(n) for n in first.data.shape)
+  affine, spacing = first.affine, first.spacing
+  if first.axcodes is None:
+    logging.warning(
+      'Case %s: %s sets neither qform_code nor sform_code, so its '
+      'orientation is unknown; its voxels are used as stored (the model '
+      'expects the BraTS orientation %s).',
+      case.case_id,
+      first.path,
+      ''.join(TRAINING_AXCODES),
+    )
+  elif first.axcodes != TRAINING_AXCODES:
+    transform = orientations.ornt_transform(
+      orientations.axcodes2ornt(first.axcodes),
+      orientations.axcodes2ornt(TRAINING_AXCODES),
+    )
+    image = _reoriented(image, transform)
+    if labels is not None:
+      labels = _reoriented(labels, transform)
+      regions = _reoriented(regions, transform)
+    affine = first.affine @ orientations.inv_ornt_aff(transform, source_shape)
+    reordered = [0.0, 0.0, 0.0]
+    for axis, (target, _) in enumerate(transform):
+      reordered[int(target)] = first.spacing[axis]
+    spacing = tuple(reordered)
   return LoadedCase(
     case=case,
     image=image,
     labels=labels,
     regions=regions,
-    affine=first.affine,
-    spacing=first.spacing,
-    shape=tuple(int(n) for n in first.data.shape),
+    affine=affine,
+    spacing=spacing,
+    shape=tuple(int(n) for n in image.shape[:3]),
+    source_axcodes=first.axcodes,
+    source_shape=source_shape,
   )
+
+
+def _reoriented(array: np.ndarray, transform: np.ndarray) -> np.ndarray:
+  return np.ascontiguousarray(orientations.apply_orientation(array, transform))
 
 
 def file_sha256(path: PathLike) -> str:
@@ -636,6 +741,7 @@ class _Volume(NamedTuple):
   data: np.ndarray
   affine: np.ndarray
   spacing: tuple[float, float, float]
+  axcodes: tuple[str, str, str] | None
 
 
 def _read_volume(path: str, what: str, case_id: str) -> _Volume:
@@ -667,6 +773,12 @@ def _read_volume(path: str, what: str, case_id: str) -> _Volume:
         f'{what} must be a NIfTI-1 or NIfTI-2 image. Found no NIfTI header '
         f'but {found}.'
       )
+    header_size = next(n for n, c in _HEADER_SIZES.items() if c is image_class)
+    if len(raw) < header_size:
+      fail(
+        f'{what} must hold a complete {header_size}-byte NIfTI header. Found '
+        f'a truncated file of {len(raw)} bytes.'
+      )
     img = image_class.from_bytes(raw)
     data = np.asanyarray(img.dataobj)
   except PermissionError as e:
@@ -677,8 +789,20 @@ def _read_volume(path: str, what: str, case_id: str) -> _Volume:
       f'gzip file ({type(e).__name__}: {e}).',
       e,
     )
-  except (filebasedimages.ImageFileError, spatialimages.HeaderDataError) as e:
+  except (
+    filebasedimages.ImageFileError,
+    spatialimages.HeaderDataError,
+    wrapstruct.WrapStructError,
+  ) as e:
     fail(f'{what} must be a NIfTI image. Found an invalid header: {e}', e)
+  except (ValueError, TypeError, IndexError, OverflowError, MemoryError) as e:
+    # nibabel's own checks of header fields against the data (data type
+    # codes, dimensions, offsets) surface as these.
+    fail(
+      f'{what} must be a NIfTI image whose header describes its data. Found '
+      f'{type(e).__name__}: {e}',
+      e,
+    )
   except OSError as e:
     fail(_os_error_message(what, e), e)
   shape = data.shape
@@ -692,14 +816,67 @@ def _read_volume(path: str, what: str, case_id: str) -> _Volume:
   if data.dtype.kind not in 'biuf':
     fail(f'{what} must hold real numbers. Found dtype {data.dtype}.')
   spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
+  if not all(np.isfinite(z) and z > 0 for z in spacing):
+    fail(
+      f'{what} voxel sizes (header field pixdim[1:4]) must be positive. '
+      f'Found {spacing}.'
+    )
+  affine = np.asarray(img.affine, np.float64)
+  if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) == 0:
+    fail(
+      f'{what} affine (qform/sform) must be finite and invertible. Found '
+      f'{affine[:3].tolist()}.'
+    )
   return _Volume(
     case_id=case_id,
     path=path,
     what=what,
     data=data,
-    affine=np.asarray(img.affine, np.float64),
+    affine=affine,
     spacing=spacing,
+    axcodes=_axcodes(img.header, what, fail),
   )
+
+
+def _axcodes(header, what: str, fail) -> tuple[str, str, str] | None:
+  """The orientation of a NIfTI header, None if it sets neither transform.
+
+  The affine nibabel uses is the sform when `sform_code` is set, else the
+  qform; when both are set they must agree on the direction of every axis.
+  """
+  qform_code = int(header['qform_code'])
+  sform_code = int(header['sform_code'])
+  if qform_code == 0 and sform_code == 0:
+    return None
+  codes = {}
+  for name, code, matrix in (
+    ('qform', qform_code, header.get_qform),
+    ('sform', sform_code, header.get_sform),
+  ):
+    if code:
+      try:
+        transform = matrix()
+      except ValueError as e:
+        # nibabel's check of the quaternion parameters.
+        fail(f'{what} {name} must be a valid transform. Found: {e}', e)
+      try:
+        axcodes = tuple(nib.aff2axcodes(transform))
+      except (ValueError, np.linalg.LinAlgError):
+        axcodes = (None,)
+      if None in axcodes:
+        fail(
+          f'{what} {name} must be an invertible voxel-to-world matrix. '
+          f'Found {np.round(transform[:3], 6).tolist()}.'
+        )
+      codes[name] = axcodes
+  if len(set(codes.values())) > 1:
+    fail(
+      f'{what} qform and sform must agree on the orientation. Found qform '
+      f'{"".join(codes["qform"])} (qform_code {qform_code}) and sform '
+      f'{"".join(codes["sform"])} (sform_code {sform_code}); fix the header '
+      f"(e.g. FSL's `fslorient -copysform2qform`) or clear the wrong one."
+    )
+  return codes.get('sform', codes.get('qform'))
 
 
 def _nifti_class(raw: bytes) -> type[nib.Nifti1Image] | None:
@@ -722,6 +899,15 @@ def _check_same_grid(
       case_id=volume.case_id,
       path=volume.path,
     )
+  if volume.axcodes != first.axcodes:
+    raise errors.BratsDataError(
+      f'{what} orientation must match that of {reference}, '
+      f'{_axcodes_text(first.axcodes)}. Found '
+      f'{_axcodes_text(volume.axcodes)}; the files of a case are never '
+      f'resampled onto each other.',
+      case_id=volume.case_id,
+      path=volume.path,
+    )
   difference = float(np.max(np.abs(volume.affine - first.affine)))
   if not difference <= affine_atol:
     raise errors.BratsDataError(
@@ -731,6 +917,12 @@ def _check_same_grid(
       case_id=volume.case_id,
       path=volume.path,
     )
+
+
+def _axcodes_text(axcodes: tuple[str, ...] | None) -> str:
+  if axcodes is None:
+    return 'unknown (neither qform_code nor sform_code set)'
+  return ''.join(axcodes)
 
 
 def _to_float32(volume: _Volume, what: str) -> np.ndarray:

@@ -16,7 +16,11 @@ The path of a case through inference is the path of a training case through
 5. Threshold the (TC, WT, ET) probabilities and convert them to labels of
    the case's convention (or `output_layout`): 0/1/2/4 for BraTS 2018-2021,
    0/1/2/3 for 2023+.
-6. Paste the crop back into a zero volume of the original shape.
+6. Paste the crop back into a zero volume of the loaded shape, and map it
+   back to the files' own grid (`reader.LoadedCase.to_source_grid`: the
+   reader puts every case in the BraTS orientation, so a scan stored in
+   another orientation gets its labels back in its own axes, matching its
+   affine and header).
 
 `predict_case` does this from NIfTI files; `predict_prepared_case` from a
 case already cropped by `prepare` (steps 3 to 6, for evaluation). Both take
@@ -32,6 +36,7 @@ from collections.abc import Sequence
 import dataclasses
 from typing import Any
 
+from absl import logging
 import numpy as np
 import tensorflow as tf
 
@@ -54,11 +59,14 @@ class CasePrediction:
 
   Attributes:
     case_id: The case id.
-    labels: uint8 `[D, H, W]`, labels of `layout`; 0 outside `crop_box`.
+    labels: uint8 `[D, H, W]` on the files' own grid, labels of `layout`;
+      0 outside the crop box.
     layout: The label convention of `labels`.
-    crop_box: The brain bounding box the network ran on.
-    probabilities: float32 `[D, H, W, 3]` (TC, WT, ET), 0 outside the crop
-      box, or None unless asked for.
+    crop_box: The brain bounding box the network ran on, in the grid the
+      reader returns (the BraTS orientation; the files' own grid unless
+      they are stored in another orientation).
+    probabilities: float32 `[D, H, W, 3]` (TC, WT, ET) on the files' own
+      grid, 0 outside the crop box, or None unless asked for.
   """
 
   case_id: str
@@ -99,6 +107,7 @@ def predict_case(
   loaded = reader.load_case(
     dataclasses.replace(case, label_path=None), require_label=False
   )
+  _warn_if_not_brats_voxels(case, loaded.spacing)
   try:
     box = prepare.brain_bounding_box(loaded.image, margin=options.crop_margin)
   except ValueError as e:
@@ -116,11 +125,11 @@ def predict_case(
   )
   return CasePrediction(
     case_id=case.case_id,
-    labels=paste_crop(labels, box, loaded.shape),
+    labels=loaded.to_source_grid(paste_crop(labels, box, loaded.shape)),
     layout=layout,
     crop_box=box,
     probabilities=(
-      paste_crop(probabilities, box, loaded.shape)
+      loaded.to_source_grid(paste_crop(probabilities, box, loaded.shape))
       if return_probabilities
       else None
     ),
@@ -275,6 +284,28 @@ def _predict_normalised(
       f'Found {probabilities.shape[-1]}.'
     )
   return probabilities
+
+
+# BraTS cases are resampled to 1 mm isotropic voxels; a case whose voxels
+# differ by more than this fraction on some axis is segmented with a warning.
+SPACING_TOLERANCE = 0.25
+
+
+def _warn_if_not_brats_voxels(
+  case: reader.Case, spacing: Sequence[float]
+) -> None:
+  if all(abs(s - 1.0) <= SPACING_TOLERANCE for s in spacing):
+    return
+  logging.warning(
+    'Case %s has voxels of %s mm (%s); BraTS models are trained on 1 mm '
+    'isotropic voxels, so segmentation quality may drop. The case is '
+    'segmented on its own grid, not resampled: resample it to 1 mm first '
+    '(e.g. with ANTs, FSL flirt -applyisoxfm 1 or SimpleITK) for the best '
+    'result.',
+    case.case_id,
+    ' × '.join(f'{s:g}' for s in spacing),
+    case.image_paths[0],
+  )
 
 
 def _output_layout(name: str | None, default: layouts.Layout) -> layouts.Layout:

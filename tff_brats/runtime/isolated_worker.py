@@ -196,8 +196,10 @@ def main(argv: list[str]) -> int:
     if e.errno != errno.ENOENT:
       raise
   if code < 0:
-    # Die the way the worker died, so the caller sees the same status.
-    signal.signal(-code, signal.SIG_DFL)
+    # Die the way the worker died, so the caller sees the same status
+    # (SIGKILL and SIGSTOP take no handler, and need none reset).
+    if -code not in (signal.SIGKILL, signal.SIGSTOP):
+      signal.signal(-code, signal.SIG_DFL)
     os.kill(os.getpid(), -code)
   return code if code >= 0 else 128 - code
 

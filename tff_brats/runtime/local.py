@@ -20,6 +20,13 @@ outlives the Python process:
 * the kernel's parent-death signal, which kills the worker when the Python
   process dies by SIGKILL.
 
+A worker that dies while the runtime is open (killed, or out of memory)
+would otherwise leave TFF retrying its connection forever: TFF treats
+UNAVAILABLE as retryable. The runtime's stub (`WatchedStub`) checks the
+worker process whenever a call fails and, once it has ended, raises
+`WorkerDiedError` naming its pid, how it ended and its log file, which TFF
+does not retry.
+
 After exit TFF is left with no default context (TFF's own lazily started,
 unowned local context is not restored), so a stray computation call fails
 loudly instead of starting a worker nobody stops.
@@ -39,6 +46,8 @@ from absl import logging
 import grpc
 import portpicker
 import tensorflow_federated as tff
+from tensorflow_federated.python.core.impl.executors import executors_errors
+from tensorflow_federated.python.core.impl.executors import remote_executor_stub
 
 from tff_brats.utils import checks
 
@@ -50,6 +59,10 @@ GRPC_CHANNEL_OPTIONS = [
   ('grpc.max_send_message_length', _GRPC_MAX_MESSAGE_BYTES),
 ]
 _HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+# After a failed call, how long to wait for a dying worker to be reaped
+# before treating the failure as a connection blip that TFF may retry.
+WORKER_EXIT_GRACE_SECONDS = 5.0
 
 _live_runtimes: set[LocalRuntime] = set()
 _live_lock = threading.Lock()
@@ -150,9 +163,12 @@ class LocalRuntime:
       self._channel = grpc.insecure_channel(
         self._worker.address, GRPC_CHANNEL_OPTIONS
       )
-      stub = tff.framework.RemoteExecutorGrpcStub(self._channel)
+      stub = WatchedStub(
+        tff.framework.RemoteExecutorGrpcStub(self._channel), self._worker
+      )
       self._worker.wait_until(lambda: stub.is_ready, self._startup_timeout)
       self._server_pid = self._worker.server_pid()
+      stub.worker_pid = self._server_pid
       logging.info(
         'Started TFF worker pid %s on port %d, %s, ready after %.1f s '
         '(log: %s).',
@@ -218,6 +234,125 @@ class LocalRuntime:
       if signal.getsignal(signum) is exit_on_signal:
         signal.signal(signum, handler)
     self._previous_handlers.clear()
+
+
+class WorkerError(RuntimeError):
+  """The TFF worker of a runtime failed a computation (e.g. out of memory)."""
+
+
+class WorkerDiedError(WorkerError):
+  """The TFF worker of a runtime ended while a computation needed it."""
+
+
+def _details(error: Exception) -> str:
+  if isinstance(error, grpc.Call):
+    return f'{error.code().name}: {str(error.details()).strip()}'
+  return str(error)
+
+
+def describe_exit(returncode: int | None) -> str:
+  """'exited with status 3', 'killed by SIGKILL (signal 9)', ..."""
+  if returncode is None:
+    return 'is still running'
+  if returncode < 0:
+    try:
+      name = signal.Signals(-returncode).name
+    except ValueError:
+      name = 'an unknown signal'
+    hint = ''
+    if -returncode == signal.SIGKILL:
+      hint = ' (by a user, or by the kernel when memory ran out)'
+    elif -returncode == signal.SIGABRT:
+      hint = ' (an abort, e.g. a failed memory allocation)'
+    return f'was killed by {name} (signal {-returncode}){hint}'
+  return f'exited with status {returncode}'
+
+
+class WatchedStub(remote_executor_stub.RemoteExecutorStub):
+  """TFF's gRPC stub, with a check of the worker after every failed call.
+
+  A call that fails while the worker process has ended raises
+  `WorkerDiedError` (not retryable, so TFF's execution context stops at
+  once); other failures pass through unchanged (TFF retries UNAVAILABLE
+  while the worker lives, e.g. during a restart of the channel).
+  """
+
+  def __init__(
+    self, stub, worker, grace_seconds: float = WORKER_EXIT_GRACE_SECONDS
+  ):
+    """Wraps `stub`, a `tff.framework.RemoteExecutorGrpcStub`.
+
+    Args:
+      stub: The stub that makes the calls.
+      worker: The `worker.WorkerProcess` behind it.
+      grace_seconds: How long a failed call waits for the worker process
+        to be seen ended before passing the failure on.
+    """
+    self._stub = stub
+    self._worker = worker
+    self._grace_seconds = grace_seconds
+    # The pid of `worker_binary` itself, once known (under namespace
+    # isolation `worker.pid` is its launcher's).
+    self.worker_pid: int | None = None
+
+  @property
+  def is_ready(self) -> bool:
+    return self._stub.is_ready
+
+  def _call(self, name: str, request):
+    try:
+      return getattr(self._stub, name)(request)
+    except executors_errors.RetryableError as e:
+      # UNAVAILABLE: a dead worker, or a blip that TFF may retry.
+      self._raise_if_dead(e, wait=True)
+      raise
+    except grpc.RpcError as e:
+      # Not retried by TFF: the worker failed the call (e.g. out of memory).
+      self._raise_if_dead(e, wait=False)
+      raise WorkerError(
+        f'The TFF worker (process {self.worker_pid or self._worker.pid}, port '
+        f'{self._worker.port}) failed a computation: {_details(e)}. Its log '
+        f'is {self._worker.log_path}.'
+      ) from e
+
+  def _raise_if_dead(self, error: Exception, *, wait: bool) -> None:
+    deadline = time.monotonic() + (self._grace_seconds if wait else 0.0)
+    while self._worker.is_running():
+      if time.monotonic() >= deadline:
+        return
+      time.sleep(0.1)
+    raise WorkerDiedError(
+      f'The TFF worker (process {self.worker_pid or self._worker.pid}, port '
+      f'{self._worker.port}) {describe_exit(self._worker.returncode)} during '
+      f'a computation; gRPC said: {_details(error)}. Its log is '
+      f'{self._worker.log_path}; it ends with:\n'
+      f'{self._worker.log_tail(2000).rstrip() or "(empty)"}\n'
+      'A training run continues from its last checkpoint with --resume.'
+    ) from error
+
+  def get_executor(self, request):
+    return self._call('get_executor', request)
+
+  def create_value(self, request):
+    return self._call('create_value', request)
+
+  def create_struct(self, request):
+    return self._call('create_struct', request)
+
+  def create_call(self, request):
+    return self._call('create_call', request)
+
+  def create_selection(self, request):
+    return self._call('create_selection', request)
+
+  def compute(self, request):
+    return self._call('compute', request)
+
+  def dispose(self, request):
+    return self._call('dispose', request)
+
+  def dispose_executor(self, request):
+    return self._call('dispose_executor', request)
 
 
 def close_all() -> None:
