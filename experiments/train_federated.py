@@ -231,7 +231,12 @@ def main(argv: Sequence[str]) -> None:
       runtime=_RUNTIME.value,
       **site_kwargs(),
     )
-  except (ValueError, sites.SiteError, local.WorkerError) as e:  # says which
+  except (
+    ValueError,
+    sites.SiteError,
+    local.WorkerError,
+    federated.RunStorageError,
+  ) as e:  # the message says which
     raise SystemExit(f'train_federated: error: {e}') from None
   _print_summary(summary, run_dir)
 

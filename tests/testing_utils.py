@@ -65,6 +65,25 @@ def write_shard(
       writer.write(records.encode_case(case_id, image, regions))
 
 
+# The three institutions of the federated tests: 'a' with two cases, 'b'
+# and 'c' with one each, of slightly different shapes; two validation cases.
+THREE_INSTITUTIONS = {
+  'a': [(16, 16, 16)] * 2,
+  'b': [(16, 18, 16)],
+  'c': [(18, 16, 16)],
+}
+THREE_INSTITUTIONS_VALIDATION = [(16, 16, 16), (18, 16, 16)]
+
+
+def write_three_institutions(root: str) -> manifest_lib.Manifest:
+  """`write_prepared_folder` of `THREE_INSTITUTIONS`."""
+  return write_prepared_folder(
+    root,
+    THREE_INSTITUTIONS,
+    validation_shapes=THREE_INSTITUTIONS_VALIDATION,
+  )
+
+
 def write_prepared_folder(
   root: str,
   client_shapes: Mapping[str, Sequence[Shape]],

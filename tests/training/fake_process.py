@@ -13,6 +13,7 @@ when it feeds the same clients the same keys.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 from typing import Any
 
@@ -124,3 +125,40 @@ class RecordingContext:
     self.events.append(
       'exit' if exc_type is None else f'exit:{exc_type.__name__}'
     )
+
+
+def run_loop(
+  config,
+  run_dir: str,
+  *,
+  process: FakeProcess | None = None,
+  resume: bool = False,
+  runtime=None,
+  export: bool = False,
+):
+  """Runs `federated.FederatedLoop` on a `FakeProcess`.
+
+  Unless `export`, the SavedModel export at the end (seconds of tracing,
+  tested in federated_loop_test's fake_run and in tests/inference) only
+  returns its path.
+
+  Returns:
+    `(summary, process)`.
+  """
+  from absl.testing import absltest
+
+  from tff_brats.training import federated
+
+  process = process or FakeProcess()
+  loop = federated.FederatedLoop(config, run_dir)
+  with contextlib.ExitStack() as stack:
+    if not export:
+      stack.enter_context(
+        absltest.mock.patch.object(
+          federated.export,
+          'export_model_dir',
+          lambda model_dir, output_dir, overwrite: output_dir,
+        )
+      )
+    summary = loop.run(process, runtime=runtime, resume=resume, progress=False)
+  return summary, process

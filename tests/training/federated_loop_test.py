@@ -6,7 +6,6 @@ keeping run in seconds; tests/training/federated_test.py runs the real
 process end to end.
 """
 
-import contextlib
 import json
 import os
 import re
@@ -40,11 +39,7 @@ _SVT = mechanisms.SparseVector(
 @pytest.fixture(scope='module')
 def data_dir(tmp_path_factory):
   root = tmp_path_factory.mktemp('prepared')
-  testing_utils.write_prepared_folder(
-    str(root),
-    {'a': [(16, 16, 16)] * 2, 'b': [(16, 18, 16)], 'c': [(18, 16, 16)]},
-    validation_shapes=[(16, 16, 16), (18, 16, 16)],
-  )
+  testing_utils.write_three_institutions(str(root))
   return str(root)
 
 
@@ -72,24 +67,14 @@ def _config(data_dir, **overrides):
 def _run(
   config, run_dir, *, process=None, resume=False, runtime=None, export=False
 ):
-  """Runs the loop on a FakeProcess.
-
-  Unless `export`, the SavedModel export at the end (seconds of tracing,
-  tested in fake_run and in tests/inference) only returns its path.
-  """
-  process = process or fake_process.FakeProcess()
-  loop = federated.FederatedLoop(config, run_dir)
-  with contextlib.ExitStack() as stack:
-    if not export:
-      stack.enter_context(
-        absltest.mock.patch.object(
-          federated.export,
-          'export_model_dir',
-          lambda model_dir, output_dir, overwrite: output_dir,
-        )
-      )
-    summary = loop.run(process, runtime=runtime, resume=resume, progress=False)
-  return summary, process
+  return fake_process.run_loop(
+    config,
+    run_dir,
+    process=process,
+    resume=resume,
+    runtime=runtime,
+    export=export,
+  )
 
 
 def _without_seconds(rows):

@@ -44,11 +44,7 @@ _CLIENTS = ('a', 'b', 'c')
 @pytest.fixture(scope='module')
 def data_dir(tmp_path_factory):
   root = tmp_path_factory.mktemp('prepared')
-  testing_utils.write_prepared_folder(
-    str(root),
-    {'a': [(16, 16, 16)] * 2, 'b': [(16, 18, 16)], 'c': [(18, 16, 16)]},
-    validation_shapes=[(16, 16, 16), (18, 16, 16)],
-  )
+  testing_utils.write_three_institutions(str(root))
   return str(root)
 
 

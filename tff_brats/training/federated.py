@@ -97,6 +97,15 @@ from tff_brats.training import privacy_journal
 from tff_brats.training import run_outputs
 from tff_brats.utils import atomic
 
+
+class RunStorageError(RuntimeError):
+  """A file of the run folder could not be written (disk full, read-only)."""
+
+
+class DataVanishedError(ValueError):
+  """A shard of the prepared data is gone in the middle of a run."""
+
+
 CHECKPOINT_PREFIX = 'program_state_'
 LEDGER_JSON = 'privacy_ledger.json'
 LEDGER_TABLE = 'privacy_ledger.txt'
@@ -337,13 +346,54 @@ class FederatedLoop:
 
   def prepare_run_dir(self, resume: bool) -> None:
     """Creates the run folder (or checks a resumed one) with hparams.json."""
-    run_outputs.prepare_run_dir(
-      self.run_dir,
-      self.config.to_json(),
-      resume=resume,
-      ignore=federated_config.RESUMABLE_CHANGES,
-    )
+    with self._writing('hparams.json'):
+      run_outputs.prepare_run_dir(
+        self.run_dir,
+        self.config.to_json(),
+        resume=resume,
+        ignore=federated_config.RESUMABLE_CHANGES,
+      )
     self._prepared = True
+
+  @contextlib.contextmanager
+  def _writing(self, what: str):
+    """Turns a failed write into a `RunStorageError` that says what to do.
+
+    A full disk, a read-only or vanished run folder surface as `OSError`
+    from Python's own writes and as `tf.errors.OpError` from TensorFlow's
+    (checkpoints, SavedModels, TensorBoard).
+    """
+    try:
+      yield
+    except (OSError, tf.errors.OpError) as e:
+      raise RunStorageError(self._storage_message(what, e)) from e
+
+  def _storage_message(self, what: str, error: Exception) -> str:
+    if isinstance(error, OSError):
+      detail = f'{error.strerror or error} ({error.filename or "?"})'
+    else:
+      detail = str(error.message).strip().splitlines()[-1]
+    checkpoints = os.path.join(self.run_dir, 'checkpoints')
+    try:
+      versions = sorted(
+        int(name[len(CHECKPOINT_PREFIX) :])
+        for name in os.listdir(checkpoints)
+        if name[len(CHECKPOINT_PREFIX) :].isdigit()
+      )
+    except OSError:
+      versions = []
+    last = (
+      f'round {versions[-1]} ({os.path.join(checkpoints, CHECKPOINT_PREFIX)}'
+      f'{versions[-1]})'
+      if versions
+      else 'none yet'
+    )
+    return (
+      f'Could not write {what} in the run folder {self.run_dir}: {detail}. '
+      f'Nothing written before is lost: the last complete checkpoint is '
+      f'{last}, and the privacy journal counts every round that started. '
+      'Free space or make the folder writable, then continue with --resume.'
+    )
 
   def run(
     self,
@@ -378,7 +428,8 @@ class FederatedLoop:
     with runtime if runtime is not None else contextlib.nullcontext():
       self._start(resume)
       self._rounds(progress)
-    return self._finish()
+    with self._writing('the final outputs (models, ledger, summary)'):
+      return self._finish()
 
   # ---------------------------------------------------------------- setup
 
@@ -414,7 +465,8 @@ class FederatedLoop:
     self.best_weights = [v.numpy() for v in self.model.trainable_variables]
     if resume:
       self._restore()
-    self.next_release = self.journal.replay(self.ledger, self.next_release)
+    with self._writing('the privacy journal (dropping a cut-off line)'):
+      self.next_release = self.journal.replay(self.ledger, self.next_release)
 
   def _model_weights(self):
     return tff.learning.models.ModelWeights(
@@ -522,7 +574,13 @@ class FederatedLoop:
     config = self.config
     started = time.monotonic()
     release = self.next_release
-    self.journal.append(release, round_num, clients, self.record)
+    if not self.on_sites:
+      self._check_shards(
+        {f'institution {c!r}': self._shard_paths(c) for c in clients},
+        f'before round {round_num}',
+      )
+    with self._writing('the privacy journal (before the round started)'):
+      self.journal.append(release, round_num, clients, self.record)
     inputs = [
       collections.OrderedDict(
         shard_paths=np.array(self._shard_paths(c), dtype=object),
@@ -565,9 +623,11 @@ class FederatedLoop:
       if config.eval_per_institution:
         row.update({f'inst_{c}_dice_mean': '' for c in self.client_ids})
     row['seconds'] = round(time.monotonic() - started, 2)
-    self.metrics.release(row, evaluated)
+    with self._writing(f'the metrics of round {round_num}'):
+      self.metrics.release(row, evaluated)
     if round_num % config.rounds_per_checkpoint == 0 or last:
-      asyncio.run(self.manager.save(self._program_state(), round_num))
+      with self._writing(f'the checkpoint of round {round_num}'):
+        asyncio.run(self.manager.save(self._program_state(), round_num))
     val = row['val_dice_mean']
     loss = row.get('train_loss')
     logging.info(
@@ -586,6 +646,24 @@ class FederatedLoop:
     )
     return row
 
+  def _check_shards(self, paths: Mapping[str, list[str]], when: str) -> None:
+    """Stops before a round or an evaluation whose data are gone.
+
+    Args:
+      paths: Whose shards ("institution 'a'") -> their paths.
+      when: For the message, e.g. 'before round 3'.
+    """
+    for whose, shards in paths.items():
+      for path in shards:
+        if not os.path.isfile(path):
+          raise DataVanishedError(
+            f'data_dir {self.config.data_dir!r}: shard {path!r} of {whose} '
+            f'must exist. Found it gone {when} (was the data folder moved, '
+            'deleted or unmounted?). Rounds that completed are kept, and a '
+            'round stopped by this released nothing; bring the data back '
+            'and continue with --resume.'
+          )
+
   def _set_model(self, trainable) -> None:
     for variable, value in zip(
       self.model.trainable_variables, trainable, strict=True
@@ -594,6 +672,14 @@ class FederatedLoop:
 
   def _evaluate(self, round_num: int, row: dict[str, Any]):
     config = self.config
+    self._check_shards(
+      {
+        'the validation cases': self.prepared.shard_paths(
+          manifest_lib.VALIDATION
+        )
+      },
+      f'at the evaluation after round {round_num}',
+    )
     result = self.last_eval = evaluate.evaluate_prepared(
       self.predict_fn,
       self.prepared,
@@ -620,13 +706,16 @@ class FederatedLoop:
   def _save_best_model(self) -> None:
     current = [v.numpy() for v in self.model.trainable_variables]
     self._set_model(self.best_weights)
-    model_io.save_model(
-      self.model,
-      os.path.join(self.run_dir, 'best_model'),
-      overwrite=True,
-      training=self.training,
-    )
-    self._set_model(current)
+    try:
+      with self._writing('best_model'):
+        model_io.save_model(
+          self.model,
+          os.path.join(self.run_dir, 'best_model'),
+          overwrite=True,
+          training=self.training,
+        )
+    finally:
+      self._set_model(current)
 
   # --------------------------------------------------------------- finish
 
