@@ -171,6 +171,16 @@ def process_is_alive(pid: int) -> bool:
   return state != 'Z'
 
 
+def wait_path_gone(path: str, timeout: float = 10.0) -> bool:
+  """Waits up to `timeout` seconds for `path` to vanish; whether it did."""
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    if not os.path.lexists(path):
+      return True
+    time.sleep(0.05)
+  return False
+
+
 def wait_process_gone(pid: int, timeout: float = 10.0) -> bool:
   """Waits up to `timeout` seconds for `pid` to end; whether it did."""
   deadline = time.monotonic() + timeout

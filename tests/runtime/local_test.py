@@ -273,7 +273,7 @@ def test_no_worker_survives_exit_without_cleanup(children):
 
 def test_no_worker_survives_sigkill(children):
   # No cleanup at all: the parent-death signal.
-  child, _ = children['wait']
+  child, log_dir = children['wait']
   worker_pid = _read_worker_pid(child)
   assert testing_utils.process_is_alive(worker_pid)
   child.send_signal(signal.SIGKILL)
@@ -281,6 +281,14 @@ def test_no_worker_survives_sigkill(children):
   assert child.returncode == -signal.SIGKILL, err
   assert testing_utils.wait_process_gone(worker_pid), (
     f'worker {worker_pid} survived SIGKILL'
+  )
+  # The launcher, told by SIGTERM, removed its socket and the socket's
+  # folder (named in the worker's log) on its way out.
+  (log_name,) = os.listdir(log_dir)
+  with open(os.path.join(log_dir, log_name)) as f:
+    (socket_path,) = re.findall(r'reachable only through (\S+)', f.read())
+  assert testing_utils.wait_path_gone(os.path.dirname(socket_path)), (
+    f'{socket_path} outlived its worker'
   )
 
 

@@ -17,10 +17,12 @@ files. This launcher closes that hole on Linux:
    folder that only the caller can open (mode 0700, socket 0600): the one
    way in, for the caller's own processes only.
 
-The launcher ends when the worker ends; SIGINT or SIGTERM are passed on to
-the worker (then SIGKILL after a grace period); the kernel kills the worker
-when the launcher dies (parent-death signal), and the launcher when its own
-parent dies (set by `worker.WorkerProcess`).
+The launcher ends when the worker ends, removing its socket and the
+socket's folder; SIGINT or SIGTERM are passed on to the worker (then SIGKILL
+after a grace period); the kernel kills the worker when the launcher dies
+(parent-death signal), and sends the launcher SIGTERM when its own parent
+dies (set by `worker.WorkerProcess`), so that even a parent killed by
+SIGKILL leaves nothing in /tmp.
 
 Usage (what `worker.WorkerProcess` runs; a script of the standard library
 only, run by path with `python -I`, so that the process is still
@@ -49,6 +51,8 @@ import sys
 import threading
 
 NAMESPACE_UNAVAILABLE = 3
+# The prefix of the socket folders `worker.WorkerProcess` creates.
+SOCKET_FOLDER_PREFIX = 'tff_brats-worker-'
 _CLONE_NEWUSER = 0x10000000
 _CLONE_NEWNET = 0x40000000
 _SIOCGIFFLAGS = 0x8913
@@ -195,6 +199,12 @@ def main(argv: list[str]) -> int:
   except OSError as e:
     if e.errno != errno.ENOENT:
       raise
+  # The folder `worker.WorkerProcess` made for the socket, when it is ours
+  # and empty (its owner may be gone: a parent killed by SIGKILL).
+  folder = os.path.dirname(socket_path)
+  if os.path.basename(folder).startswith(SOCKET_FOLDER_PREFIX):
+    with contextlib.suppress(OSError):
+      os.rmdir(folder)
   if code < 0:
     # Die the way the worker died, so the caller sees the same status
     # (SIGKILL and SIGSTOP take no handler, and need none reset).

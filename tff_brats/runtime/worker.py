@@ -169,7 +169,9 @@ class WorkerProcess:
     if self.isolation == 'namespace':
       if self._socket_dir is None:
         # mkdtemp makes it 0700: only this user can reach the socket.
-        self._socket_dir = tempfile.mkdtemp(prefix='tff_brats-worker-')
+        self._socket_dir = tempfile.mkdtemp(
+          prefix=isolated_worker.SOCKET_FOLDER_PREFIX
+        )
       args = [
         sys.executable,
         '-I',
@@ -190,7 +192,11 @@ class WorkerProcess:
         cwd=self.cwd,
         env=worker_environment(),
         start_new_session=True,
-        preexec_fn=_kill_when_parent_dies,
+        preexec_fn=(
+          _terminate_when_parent_dies
+          if self.isolation == 'namespace'
+          else _kill_when_parent_dies
+        ),
       )
     logging.debug(
       'Started process %d for the TFF worker (%s isolation).',
@@ -321,3 +327,11 @@ def _kill_when_parent_dies() -> None:
   # Runs in the child between fork and exec; keep it to one system call.
   if _PRCTL is not None:
     _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _terminate_when_parent_dies() -> None:
+  # The isolating launcher gets SIGTERM instead: it stops its worker (which
+  # dies with it in any case) and removes its socket and the socket's
+  # folder, which a SIGKILL would leave behind in /tmp.
+  if _PRCTL is not None:
+    _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
