@@ -26,9 +26,17 @@ value), so running the benchmark under e.g. `MALLOC_ARENA_MAX=16` shows
 the growth without the cap, and `--worker_max_concurrent_calls=1` how much comes from
 training clients concurrently.
 
+Time per round gets the same treatment: `round_seconds.growth_percent` is
+the median of the last `--window` rounds against the median of the
+`--window` rounds after `--baseline_round` (target <= 5% as well).
+`--plot=FILE.png` draws both processes' RSS and peak, and the seconds per
+round, against the round.
+
 Example (threads are set before TensorFlow starts):
 
   TF_CPP_MIN_LOG_LEVEL=2 python -m benchmarks.memory_rounds --rounds=50
+  TF_CPP_MIN_LOG_LEVEL=2 python -m benchmarks.memory_rounds --rounds=500 \
+    --plot=long_run.png
 
 Prints one JSON object to stdout (progress goes to stderr).
 """
@@ -65,6 +73,12 @@ _ROUNDS = flags.DEFINE_integer('rounds', 50, 'Rounds to run.')
 _BASELINE_ROUND = flags.DEFINE_integer(
   'baseline_round', 5, 'Growth is measured from the end of this round.'
 )
+_WINDOW = flags.DEFINE_integer(
+  'window', 50, 'Rounds in each median of the time-per-round comparison.'
+)
+_PLOT = flags.DEFINE_string(
+  'plot', None, 'PNG of memory and seconds per round (optional).'
+)
 
 
 def main(argv: Sequence[str]) -> None:
@@ -75,9 +89,12 @@ def main(argv: Sequence[str]) -> None:
       **federated_setup.flag_arguments(_COMMON),
       rounds=_ROUNDS.value,
       baseline_round=_BASELINE_ROUND.value,
+      window=_WINDOW.value,
     )
   except ValueError as e:
     raise app.UsageError(str(e)) from None
+  if _PLOT.value:
+    result['plot'] = write_plot(result, _PLOT.value)
   json.dump(result, sys.stdout, indent=1)
   sys.stdout.write('\n')
 
@@ -95,6 +112,7 @@ def run_benchmark(
   svt: dict[str, float] | None = None,
   rounds: int = 50,
   baseline_round: int = 5,
+  window: int | None = None,
   intra_op_threads: int = 2,
   inter_op_threads: int = 1,
   worker_intra_op_threads: int = -1,
@@ -118,6 +136,13 @@ def run_benchmark(
     raise ValueError(
       f'baseline_round must be in [1, rounds - 1] = [1, {rounds - 1}]. '
       f'Found {baseline_round}.'
+    )
+  after = rounds - baseline_round
+  window = after // 2 if window is None else window
+  if not 1 <= window <= after // 2:
+    raise ValueError(
+      f'window must be in [1, (rounds - baseline_round) // 2] = '
+      f'[1, {after // 2}]. Found {window}.'
     )
   svt = dict(federated_setup.SVT_DEFAULTS if svt is None else svt)
   config = fed_avg.ClientConfig(
@@ -169,10 +194,7 @@ def run_benchmark(
       'seed': seed,
     },
     'steps_per_round': series['steps'],
-    'round_seconds': {
-      'median': round(float(np.median(series['seconds'])), 3),
-      'per_round': [round(s, 3) for s in series['seconds']],
-    },
+    'round_seconds': _time_summary(series['seconds'], baseline_round, window),
     'target_growth_percent': TARGET_GROWTH_PERCENT,
     'driver': _memory_summary(series['driver'], baseline_round),
     'worker': _memory_summary(series['worker'], baseline_round),
@@ -218,6 +240,92 @@ def _run_rounds(worker_pid, config, aggregator, client_data, rounds, seed):
     )
   series['steps'] = sorted(series['steps'])
   return series
+
+
+def _time_summary(seconds, baseline_round, window):
+  """Seconds per round, and the growth of its median over the run.
+
+  `seconds[i]` is round i + 1. The first window is the `window` rounds
+  after `baseline_round`, the last the run's final `window` rounds.
+  """
+  first = seconds[baseline_round : baseline_round + window]
+  last = seconds[-window:]
+  first_median = float(np.median(first))
+  last_median = float(np.median(last))
+  growth = 100.0 * (last_median - first_median) / first_median
+  return {
+    'median': round(float(np.median(seconds)), 3),
+    'window': window,
+    'first_window_median': round(first_median, 3),
+    'last_window_median': round(last_median, 3),
+    'growth_percent': round(growth, 2),
+    'within_target': growth <= TARGET_GROWTH_PERCENT,
+    'per_round': [round(s, 3) for s in seconds],
+  }
+
+
+def write_plot(result: dict[str, Any], path: str) -> str:
+  """Draws memory and seconds per round against the round; returns `path`."""
+  import matplotlib
+
+  matplotlib.use('Agg')
+  from matplotlib import pyplot as plt
+
+  from tff_brats.utils import atomic
+
+  fig, (memory, seconds) = plt.subplots(
+    2, 1, figsize=(8, 6), sharex=True, height_ratios=(2, 1)
+  )
+  try:
+    for name, colour in (('worker', 'tab:blue'), ('driver', 'tab:orange')):
+      summary = result[name]
+      rounds = np.arange(len(summary['rss_mib']))
+      memory.plot(
+        rounds, summary['rss_mib'], color=colour, lw=1, label=f'{name} RSS'
+      )
+      memory.plot(
+        rounds,
+        summary['hwm_mib'],
+        color=colour,
+        lw=1,
+        ls='--',
+        label=f'{name} peak',
+      )
+    baseline = result['config']['baseline_round']
+    memory.axvline(baseline, color='grey', lw=0.8, ls=':', label='warm-up end')
+    memory.set_ylabel('resident memory (MiB)')
+    memory.legend(fontsize='small', ncol=3)
+    memory.grid(alpha=0.3)
+    memory.set_title(
+      f'{result["config"]["rounds"]} rounds: peak growth after round '
+      f'{baseline} {result["worker"]["peak_growth_percent"]} % (worker), '
+      f'{result["driver"]["peak_growth_percent"]} % (driver)',
+      fontsize='medium',
+    )
+    per_round = result['round_seconds']['per_round']
+    rounds = np.arange(1, len(per_round) + 1)
+    seconds.plot(rounds, per_round, color='tab:green', lw=0.6, label='round')
+    width = result['round_seconds']['window']
+    if len(per_round) >= width:
+      medians = [
+        np.median(per_round[max(0, i - width + 1) : i + 1])
+        for i in range(len(per_round))
+      ]
+      seconds.plot(
+        rounds, medians, color='black', lw=1.2, label=f'median of {width}'
+      )
+    # The warm-up rounds (tracing) would squash the rest: clip them.
+    seconds.set_ylim(0, 1.5 * max(per_round[baseline:]))
+    seconds.set_xlabel('round')
+    seconds.set_ylabel('seconds (warm-up clipped)')
+    seconds.legend(fontsize='small')
+    seconds.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic.staged_file(path) as tmp:
+      fig.savefig(tmp, dpi=100, format='png')
+  finally:
+    plt.close(fig)
+  return path
 
 
 def _memory_summary(statuses, baseline_round):
