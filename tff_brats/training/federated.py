@@ -487,10 +487,23 @@ class FederatedLoop:
     )
 
   def _restore(self) -> None:
-    for stale in glob.glob(
+    # Saves cut short by a kill: never loaded (their names are not final),
+    # removed so they do not pile up. Checkpoints are staged by TFF as
+    # `program_state_N_temp*`; models and files by `atomic` as
+    # `<name>.tmp-*` and `.<stem>.tmp-*`.
+    stale = glob.glob(
       os.path.join(self.run_dir, 'checkpoints', f'{CHECKPOINT_PREFIX}*_temp*')
-    ):
-      shutil.rmtree(stale, ignore_errors=True)  # a save cut short by a kill
+    )
+    stale += glob.glob(os.path.join(self.run_dir, '*.tmp-*'))
+    stale += glob.glob(
+      os.path.join(self.run_dir, '**', '.*.tmp-*'), recursive=True
+    )
+    for path in stale:
+      if os.path.isdir(path):
+        shutil.rmtree(path, ignore_errors=True)
+      else:
+        with contextlib.suppress(OSError):
+          os.remove(path)
     versions = asyncio.run(self.manager.get_versions())
     if not versions:
       logging.info('No checkpoint in %s: starting at round 0.', self.run_dir)
