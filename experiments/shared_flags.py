@@ -148,14 +148,21 @@ MAX_EVAL_CASES = flags.DEFINE_integer(
 NUM_OVERLAY_CASES = flags.DEFINE_integer(
   'num_overlay_cases', 2, 'Validation cases drawn in TensorBoard.'
 )
+INITIAL_MODEL = flags.DEFINE_string(
+  'initial_model',
+  None,
+  'Start from this model instead of random weights (same architecture): a '
+  'model folder (e.g. a pre-trained final_model/), a .keras file or an '
+  'exported SavedModel folder.',
+)
 
 # ------------------------------------------ inference (predict, evaluate) --
 
 MODEL = flags.DEFINE_string(
   'model',
   None,
-  'A model folder written by training (best_model/, final_model/; model_io) '
-  'or an exported SavedModel (export_model).',
+  'A model folder written by training (best_model/, final_model/; model_io), '
+  'an exported SavedModel (export_model) or a .keras file.',
 )
 WINDOW = flag_types.DEFINE_int_list(
   'window',
@@ -292,6 +299,7 @@ TRAINER_FLAGS = (
   'eval_overlap',
   'max_eval_cases',
   'num_overlay_cases',
+  'initial_model',
 )
 INFERENCE_FLAGS = (
   'model',
@@ -340,6 +348,9 @@ def trainer_kwargs() -> dict[str, Any]:
     eval_overlap=EVAL_OVERLAP.value,
     max_eval_cases=MAX_EVAL_CASES.value,
     num_overlay_cases=NUM_OVERLAY_CASES.value,
+    initial_model=None
+    if INITIAL_MODEL.value is None
+    else os.path.abspath(INITIAL_MODEL.value),
     seed=seed(),
   )
 

@@ -67,12 +67,6 @@ _TRAINABLE_LAYERS = flags.DEFINE_list(
   'head; e.g. up0,up1,up2,head); the others stay at the initial model. '
   'Default: every part.',
 )
-_INITIAL_MODEL = flags.DEFINE_string(
-  'initial_model',
-  None,
-  'Start from this model folder (e.g. a pre-trained final_model/) instead '
-  'of random weights; same architecture.',
-)
 _ROUNDS_PER_EVAL = flags.DEFINE_integer(
   'rounds_per_eval', 5, 'Validate every this many rounds.'
 )
@@ -179,9 +173,6 @@ def config_from_flags() -> federated.FederatedConfig:
     trainable_layers=None
     if _TRAINABLE_LAYERS.value is None
     else tuple(_TRAINABLE_LAYERS.value),
-    initial_model=None
-    if _INITIAL_MODEL.value is None
-    else os.path.abspath(_INITIAL_MODEL.value),
     **shared_flags.trainer_kwargs(),
   )
 

@@ -55,6 +55,7 @@ def test_exports_a_model_io_folder(tmp_path, capsys):
   _main(model_dir=str(tmp_path / 'model'), output_dir=str(out))
   stdout = capsys.readouterr().out
   assert f'SavedModel: {out}' in stdout
+  assert f'Keras file: {out}.keras' in stdout
   assert 'Training record: none' in stdout
   assert export.read_training_metadata(str(out)) is None
   image = np.random.default_rng(0).normal(size=(2, 8, 4, 6, 4))
@@ -65,11 +66,35 @@ def test_exports_a_model_io_folder(tmp_path, capsys):
     model(image, training=False),
     atol=1e-5,
   )
+  np.testing.assert_allclose(
+    tf.keras.models.load_model(f'{out}.keras')(image, training=False),
+    model(image, training=False),
+    atol=1e-5,
+  )
+  message = _error(model_dir=str(tmp_path / 'model'), output_dir=str(out))
+  for part in ('must not exist unless', '--overwrite', f'{out}.keras'):
+    assert part in message
+  # Without the .keras file in the way, the SavedModel folder is refused.
+  os.remove(f'{out}.keras')
   message = _error(model_dir=str(tmp_path / 'model'), output_dir=str(out))
   for part in ('must not exist unless', '--overwrite', str(out)):
     assert part in message
+  assert not os.path.exists(f'{out}.keras')
   _main(model_dir=str(tmp_path / 'model'), output_dir=str(out), overwrite=True)
   assert f'SavedModel: {out}' in capsys.readouterr().out
+  # An explicit --keras_output; an empty one writes none.
+  _main(
+    model_dir=str(tmp_path / 'model'),
+    output_dir=str(tmp_path / 'other'),
+    keras_output=str(tmp_path / 'named.keras'),
+  )
+  assert os.path.isfile(tmp_path / 'named.keras')
+  _main(
+    model_dir=str(tmp_path / 'model'),
+    output_dir=str(tmp_path / 'third'),
+    keras_output='',
+  )
+  assert not os.path.exists(tmp_path / 'third.keras')
 
 
 def test_the_training_record_is_copied(tmp_path, capsys):

@@ -136,7 +136,12 @@ def test_malformed_json(tmp_path):
     (lambda m: m.pop('format_version'), r'field "format_version" is missing'),
     (
       lambda m: m.update(format_version=2),
-      r'field "format_version" must be 1\. Found 2\.',
+      r'field "format_version" is 2, from a newer tff_brats; the installed '
+      r'tff_brats .* reads version 1\. Upgrade tff_brats',
+    ),
+    (
+      lambda m: m.update(format_version=0),
+      r'field "format_version" must be 1\. Found 0\.',
     ),
     (
       lambda m: m.update(format_version='1'),

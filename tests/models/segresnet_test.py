@@ -369,6 +369,7 @@ def test_get_config_from_config_round_trip():
     'norm_groups': 2,
     'norm_epsilon': 1e-4,
     'dropout_rate': 0.1,
+    'tff_brats_serialization_version': segresnet.SERIALIZATION_VERSION,
   }
   clone = segresnet.SegResNet.from_config(config)
   clone(x)

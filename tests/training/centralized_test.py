@@ -79,12 +79,20 @@ def test_run_writes_every_output(two_epochs):
   assert sorted(os.listdir(run_dir)) == [
     'best_model',
     'checkpoints',
+    'exported_model.keras',
     'final_model',
     'hparams.json',
     'metrics.csv',
     'summary.json',
     'tensorboard',
   ]
+  assert summary['exported_keras'] == os.path.join(
+    run_dir, 'exported_model.keras'
+  )
+  np.testing.assert_array_equal(
+    model_io.load_keras(summary['exported_keras']).get_weights()[0],
+    model_io.load_model(os.path.join(run_dir, 'best_model')).get_weights()[0],
+  )
   with open(os.path.join(run_dir, 'metrics.csv')) as f:
     rows = list(csv.DictReader(f))
   assert [r['epoch'] for r in rows] == ['1', '2']
@@ -207,3 +215,32 @@ def test_existing_run_dir_needs_resume(data_dir, tmp_path):
 def test_bad_config(data_dir, overrides, message):
   with pytest.raises(ValueError, match=message):
     _config(data_dir, **overrides)
+
+
+def test_starts_from_an_initial_model(two_epochs, data_dir, tmp_path):
+  # The first run's Keras export starts a new run. With a learning rate of
+  # 1e-12 one epoch moves no weight by more than about 1e-11 (Adam's step
+  # is at most the learning rate), so the new run's final model is the
+  # export to float tolerance; from random weights it would not be.
+  _, summary = two_epochs
+  exported = summary['exported_keras']
+  start = model_io.load_keras(exported)
+  config = _config(
+    data_dir, epochs=1, learning_rate=1e-12, initial_model=exported
+  )
+  new_summary = centralized.train_centralized(
+    config, str(tmp_path / 'run'), progress=False
+  )
+  final = model_io.load_model(new_summary['final_model'])
+  for a, b in zip(
+    final.trainable_weights, start.trainable_weights, strict=True
+  ):
+    np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6)
+  # Another architecture is refused before anything is written.
+  with pytest.raises(ValueError, match='field "config.init_filters" is 8'):
+    centralized.train_centralized(
+      _config(data_dir, init_filters=16, initial_model=exported),
+      str(tmp_path / 'other'),
+      progress=False,
+    )
+  assert not os.path.exists(tmp_path / 'other')

@@ -112,6 +112,7 @@ def test_run_writes_every_output(fake_run):
     'best_model',
     'checkpoints',
     'exported_model',
+    'exported_model.keras',
     'final_model',
     'hparams.json',
     'learning_curves.png',
@@ -175,6 +176,16 @@ def test_run_writes_every_output(fake_run):
     record = model_io.read_training_metadata(os.path.join(run_dir, name))
     assert record == training_metadata.TrainingMetadata((16, 16, 16), None)
   assert export.read_training_metadata(summary['exported_model']) == record
+  assert summary['exported_keras'] == os.path.join(
+    run_dir, 'exported_model.keras'
+  )
+  assert (
+    model_io.read_keras_training_metadata(summary['exported_keras']) == record
+  )
+  np.testing.assert_array_equal(
+    model_io.load_keras(summary['exported_keras']).get_weights()[0],
+    model_io.load_model(os.path.join(run_dir, 'best_model')).get_weights()[0],
+  )
   # The exported SavedModel serves the best model's probabilities.
   exported = tf.saved_model.load(summary['exported_model'])
   out = exported.signatures['serving_default'](tf.zeros((1, 16, 16, 16, 4)))
@@ -552,16 +563,26 @@ class _RecordingProcess(fake_process.FakeProcess):
     return super().set_model_weights(state, weights)
 
 
-def test_starts_from_the_initial_model_with_frozen_parts(data_dir, tmp_path):
-  # A model folder of the same architecture (another seed): the loop's
-  # first state holds its weights, split by the frozen parts: the named
-  # parts are trainable, the others (with the dropout key) not.
+@pytest.mark.parametrize('kind', ['model_io', 'keras', 'saved_model'])
+def test_starts_from_the_initial_model_with_frozen_parts(
+  data_dir, tmp_path, kind
+):
+  # A model of the same architecture (another seed), saved as a model
+  # folder, a .keras file or an exported SavedModel: the loop's first state
+  # holds its weights, split by the frozen parts: the named parts are
+  # trainable, the others (with the dropout key) not.
   source = _config(data_dir, seed=11).client_config().build_model()
   source_weights = {v.name: v.numpy() for v in source.weights}
-  model_io.save_model(source, str(tmp_path / 'pretrained'))
+  if kind == 'model_io':
+    pretrained = str(tmp_path / 'pretrained')
+    model_io.save_model(source, pretrained)
+  elif kind == 'keras':
+    pretrained = model_io.save_keras(source, str(tmp_path / 'pretrained.keras'))
+  else:
+    pretrained = export.export_saved_model(source, str(tmp_path / 'exported'))
   config = _config(
     data_dir,
-    initial_model=str(tmp_path / 'pretrained'),
+    initial_model=pretrained,
     trainable_layers=('up0', 'head'),
     total_rounds=1,
   )

@@ -53,6 +53,7 @@ from tff_brats.data import layouts
 from tff_brats.data import pipeline
 from tff_brats.data import records
 from tff_brats.models import model_io
+from tff_brats.models import segresnet
 from tff_brats.models import training_metadata
 from tff_brats.utils import atomic
 from tff_brats.utils import checks
@@ -127,14 +128,19 @@ def export_saved_model(
       module,
       tmp,
       signatures=signatures,
-      # Inference only: the gradients of custom-gradient ops (the model's
-      # GroupNorm) are not needed and need not be serialisable.
-      options=tf.saved_model.SaveOptions(experimental_custom_gradients=False),
+      # With the custom gradient of the model's GroupNorm, so that a
+      # SavedModel can be fine-tuned (gradients through `serving_default`
+      # with respect to `model_variables`) and loads without TF's warning.
+      options=tf.saved_model.SaveOptions(experimental_custom_gradients=True),
     )
     os.makedirs(os.path.join(tmp, os.path.dirname(METADATA_PATH)))
     atomic.write_text(
       os.path.join(tmp, METADATA_PATH),
-      json.dumps(_metadata(size_multiple, source, training), indent=1) + '\n',
+      json.dumps(
+        _metadata(size_multiple, source, training, _model_config(model)),
+        indent=1,
+      )
+      + '\n',
     )
     _check_round_trip(tmp, probe, expected)
   return output_dir
@@ -175,6 +181,28 @@ def export_model_dir(
     overwrite=overwrite,
     source=model_dir,
     training=training,
+  )
+
+
+def export_keras_file(
+  model_dir: str, path: str, *, overwrite: bool = False
+) -> str:
+  """Writes a `model_io` folder as a Keras-native `.keras` file.
+
+  The folder's training record goes with it (`model_io.save_keras`).
+
+  Returns:
+    The absolute path of the file.
+
+  Raises:
+    FileExistsError: `path` exists and `overwrite` is False.
+    ValueError: A missing or unreadable `model_dir`, or a `path` that does
+      not end in '.keras'.
+  """
+  model = load_model_dir(model_dir)
+  training = model_io.read_training_metadata(model_dir)
+  return model_io.save_keras(
+    model, path, overwrite=overwrite, training=training
   )
 
 
@@ -329,16 +357,27 @@ def _check_output_dir(output_dir: str, overwrite: bool) -> None:
     )
 
 
+def _model_config(model: tf.keras.Model) -> dict[str, Any] | None:
+  """A SegResNet's config (to rebuild it from `model_variables`), or None."""
+  if isinstance(model, segresnet.SegResNet):
+    return model.get_config()
+  return None
+
+
 def _metadata(
   size_multiple: int,
   source: str | None,
   training: training_metadata.TrainingMetadata | None,
+  model_config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
   return {
     'format': FORMAT,
     'tff_brats_version': tff_brats.__version__,
     'source': source,
     'size_multiple': size_multiple,
+    # `model_variables` are the model's variables in this architecture's
+    # order: `model_sources` rebuilds the Keras model from them.
+    'model_config': model_config,
     training_metadata.JSON_KEY: None
     if training is None
     else training.to_json(),

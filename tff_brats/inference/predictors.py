@@ -144,6 +144,24 @@ def from_model_dir(path: str) -> Predictor:
   return predictor
 
 
+def from_keras_file(path: str) -> Predictor:
+  """A predictor from a Keras-native `.keras` file (`model_io.save_keras`).
+
+  Raises:
+    ValueError: `path` is not a loadable `.keras` file of a SegResNet, or
+      its training record is malformed.
+  """
+  path = os.path.abspath(os.fspath(path))
+  try:
+    model = model_io.load_keras(path)
+    training = model_io.read_keras_training_metadata(path)
+  except (OSError, ValueError) as e:
+    raise ValueError(f'model must be a loadable .keras file: {e}') from e
+  predictor = from_keras_model(model, training=training)
+  predictor.source, predictor.path = 'keras', path
+  return predictor
+
+
 def from_saved_model(path: str) -> Predictor:
   """A predictor from a SavedModel's `serving_default` signature.
 
@@ -202,21 +220,23 @@ def from_saved_model(path: str) -> Predictor:
 
 
 def model_kind(path: str) -> str:
-  """'saved_model' or 'model_io', by the files in the folder `path`.
+  """'saved_model', 'model_io' or 'keras', by what `path` is.
 
   Raises:
-    ValueError: `path` does not exist or is neither kind of folder.
+    ValueError: `path` does not exist or is none of the three.
   """
   path = os.path.abspath(os.fspath(path))
   expected = (
-    f'an exported SavedModel folder (with {export.SAVED_MODEL_FILE}) or a '
-    f'model_io folder (with {MODEL_IO_CONFIG})'
+    f'an exported SavedModel folder (with {export.SAVED_MODEL_FILE}), a '
+    f'model_io folder (with {MODEL_IO_CONFIG}) or a .keras file'
   )
   if not os.path.exists(path):
     raise ValueError(
       f'model must be {expected}. Found {path!r}, which does not exist.'
     )
   if not os.path.isdir(path):
+    if model_io.is_keras_file(path):
+      return 'keras'
     raise ValueError(f'model must be {expected}. Found a file {path!r}.')
   if export.is_exported_saved_model(path):
     return 'saved_model'
@@ -230,13 +250,17 @@ def model_kind(path: str) -> str:
 
 
 def load_predictor(path: str) -> Predictor:
-  """A predictor from an exported SavedModel or a `model_io` folder.
+  """A predictor from an exported SavedModel, a `model_io` folder or a
+  `.keras` file.
 
   Raises:
     ValueError: See `model_kind`, `from_saved_model`, `from_model_dir`.
   """
-  if model_kind(path) == 'saved_model':
+  kind = model_kind(path)
+  if kind == 'saved_model':
     return from_saved_model(path)
+  if kind == 'keras':
+    return from_keras_file(path)
   return from_model_dir(path)
 
 

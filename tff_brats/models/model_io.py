@@ -21,6 +21,14 @@ The checkpoint matches variables by their place in the model (not by the
 order of layers, as HDF5 files do), so a wrong architecture fails loudly.
 The folder is written under a temporary sibling name and renamed when
 complete (`tff_brats.utils.atomic.staged_directory`).
+
+A Keras-native file, `<name>.keras` (`save_keras`), holds the same model in
+Keras's own format: `tf.keras.models.load_model(path)` returns a working
+`SegResNet` once `tff_brats` is imported (every layer is registered as
+serialisable under the package name `tff_brats`), with `predict`,
+`summary` and `fit`. The archive also carries `tff_brats.json` (this
+module's format version and the training record), which Keras ignores and
+`read_keras_training_metadata` reads.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from __future__ import annotations
 import json
 import os
 from typing import Any
+import zipfile
 
 import tensorflow as tf
 
@@ -37,6 +46,9 @@ from tff_brats.utils import atomic
 
 FORMAT_VERSION = 1
 CONFIG_FILE = 'config.json'
+KERAS_EXTENSION = '.keras'
+# The archive entry of a `.keras` file that holds this module's record.
+KERAS_RECORD = 'tff_brats.json'
 WEIGHTS_PREFIX = 'weights'
 MODEL_NAME = 'SegResNet'
 
@@ -65,19 +77,7 @@ def save_model(
     ValueError: `model` has no weights yet.
     FileExistsError: `path` exists, is not empty and `overwrite` is False.
   """
-  if not isinstance(model, segresnet.SegResNet):
-    raise TypeError(f'model must be a SegResNet. Found {type(model).__name__}.')
-  if not model.built or not model.weights:
-    raise ValueError(
-      'model must be built (called once) before saving. Found no weights.'
-    )
-  if training is not None and not isinstance(
-    training, training_metadata.TrainingMetadata
-  ):
-    raise TypeError(
-      'training must be a TrainingMetadata or None. Found '
-      f'{type(training).__name__}.'
-    )
+  _check_saveable(model, training)
   manifest = {
     'format_version': FORMAT_VERSION,
     'model': MODEL_NAME,
@@ -92,6 +92,139 @@ def save_model(
     with open(os.path.join(tmp, CONFIG_FILE), 'w') as f:
       json.dump(manifest, f, indent=1, sort_keys=True)
       f.write('\n')
+
+
+def save_keras(
+  model: segresnet.SegResNet,
+  path: str,
+  *,
+  overwrite: bool = False,
+  training: training_metadata.TrainingMetadata | None = None,
+) -> str:
+  """Writes `model` as a Keras-native `.keras` file (see the module doc).
+
+  Args:
+    model: A built `SegResNet`.
+    path: The file to write; must end in '.keras'.
+    overwrite: Whether an existing file may be replaced.
+    training: The training record to keep with it (None: none).
+
+  Returns:
+    The absolute `path`.
+
+  Raises:
+    TypeError: `model` is not a `SegResNet`, or `training` is not a
+      `TrainingMetadata`.
+    ValueError: `model` has no weights yet, or `path` is not a `.keras`.
+    FileExistsError: `path` exists and `overwrite` is False.
+  """
+  _check_saveable(model, training)
+  path = os.path.abspath(os.fspath(path))
+  if not path.endswith(KERAS_EXTENSION):
+    raise ValueError(f"path must end in '{KERAS_EXTENSION}'. Found {path!r}.")
+  if os.path.exists(path) and not overwrite:
+    raise FileExistsError(
+      f'{path} exists; pass overwrite=True (--overwrite) to replace it.'
+    )
+  record = {
+    'format_version': FORMAT_VERSION,
+    'model': MODEL_NAME,
+    'tensorflow_version': tf.__version__,
+    training_metadata.JSON_KEY: None
+    if training is None
+    else training.to_json(),
+  }
+  with atomic.staged_file(path) as tmp:
+    model.save(tmp, save_format='keras')
+    with zipfile.ZipFile(tmp, 'a') as archive:
+      archive.writestr(KERAS_RECORD, json.dumps(record, indent=1) + '\n')
+  return path
+
+
+def _check_saveable(model: Any, training: Any) -> None:
+  if not isinstance(model, segresnet.SegResNet):
+    raise TypeError(f'model must be a SegResNet. Found {type(model).__name__}.')
+  if not model.built or not model.weights:
+    raise ValueError(
+      'model must be built (called once) before saving. Found no weights.'
+    )
+  if training is not None and not isinstance(
+    training, training_metadata.TrainingMetadata
+  ):
+    raise TypeError(
+      'training must be a TrainingMetadata or None. Found '
+      f'{type(training).__name__}.'
+    )
+
+
+def is_keras_file(path: str) -> bool:
+  """Whether `path` names a `.keras` file (by its extension)."""
+  return os.fspath(path).endswith(KERAS_EXTENSION)
+
+
+def load_keras(path: str) -> segresnet.SegResNet:
+  """Loads a `.keras` file written by `save_keras` (Keras's own loader).
+
+  Raises:
+    FileNotFoundError: `path` is missing.
+    ValueError: It is not a Keras archive of a `SegResNet`, or it comes
+      from a newer tff_brats (the message says to upgrade).
+  """
+  path = os.path.abspath(os.fspath(path))
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'Keras file {path} does not exist.')
+  _read_keras_record(path)  # a newer format stops here, before Keras
+  try:
+    model = tf.keras.models.load_model(path, compile=False)
+  except (OSError, TypeError, ValueError, KeyError) as e:
+    raise ValueError(f'{path} must be a loadable .keras file: {e}') from e
+  if not isinstance(model, segresnet.SegResNet):
+    raise ValueError(
+      f'{path} must hold a SegResNet. Found a {type(model).__name__}.'
+    )
+  return model
+
+
+def read_keras_training_metadata(
+  path: str,
+) -> training_metadata.TrainingMetadata | None:
+  """The training record of a `.keras` file, or None if it has none."""
+  record = _read_keras_record(path)
+  if record is None or record.get(training_metadata.JSON_KEY) is None:
+    return None
+  return training_metadata.TrainingMetadata.from_json(
+    record[training_metadata.JSON_KEY], where=f'{path}:{KERAS_RECORD}'
+  )
+
+
+def _read_keras_record(path: str) -> dict[str, Any] | None:
+  """`tff_brats.json` of a `.keras` archive (None if a plain Keras file)."""
+  where = f'{path}:{KERAS_RECORD}'
+  try:
+    with zipfile.ZipFile(path) as archive:
+      if KERAS_RECORD not in archive.namelist():
+        return None
+      record = json.loads(archive.read(KERAS_RECORD))
+  except (OSError, zipfile.BadZipFile) as e:
+    raise ValueError(
+      f'{path} must be a .keras archive (a zip file): {e}'
+    ) from e
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise ValueError(f'{where} is not valid JSON: {e}') from e
+  version = record.get('format_version') if isinstance(record, dict) else None
+  if not isinstance(version, int) or isinstance(version, bool):
+    raise ValueError(
+      f'{where}: field "format_version" must be an int. Found {version!r}.'
+    )
+  if version > FORMAT_VERSION:
+    import tff_brats
+
+    raise ValueError(
+      f'{where}: field "format_version" is {version}, from a newer '
+      f'tff_brats; the installed tff_brats {tff_brats.__version__} reads '
+      f'version {FORMAT_VERSION}. Upgrade tff_brats to load it.'
+    )
+  return record
 
 
 def load_model(path: str) -> segresnet.SegResNet:
@@ -130,6 +263,18 @@ ARCHITECTURE_FIELDS = (
   'blocks_up',
   'norm_groups',
 )
+
+
+def read_config(path: str) -> dict[str, Any]:
+  """The `SegResNet` config of the model folder `path` (no weights read).
+
+  Raises:
+    FileNotFoundError: `path` or its config.json is missing.
+    ValueError: config.json is malformed (naming the file and the field).
+  """
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f'Model folder {path} does not exist.')
+  return _read_manifest(os.path.join(path, CONFIG_FILE))['config']
 
 
 def check_architecture(path: str, config: dict[str, Any]) -> dict[str, Any]:
@@ -258,6 +403,15 @@ def _read_manifest(config_path: str) -> dict[str, Any]:
         f'{config_path}: field "{field}" must be a {kind.__name__}. '
         f'Found {value!r}.'
       )
+  if manifest['format_version'] > FORMAT_VERSION:
+    import tff_brats
+
+    raise ValueError(
+      f'{config_path}: field "format_version" is '
+      f'{manifest["format_version"]}, from a newer tff_brats; the installed '
+      f'tff_brats {tff_brats.__version__} reads version {FORMAT_VERSION}. '
+      'Upgrade tff_brats to load it.'
+    )
   if manifest['format_version'] != FORMAT_VERSION:
     raise ValueError(
       f'{config_path}: field "format_version" must be {FORMAT_VERSION}. '

@@ -42,6 +42,11 @@ from tff_brats.models import layers
 from tff_brats.utils import checks
 
 _PACKAGE = 'tff_brats'
+# The version of `SegResNet.get_config`'s layout, saved with every config
+# (model folders, `.keras` files, export metadata). `from_config` refuses a
+# newer one with a message to upgrade, instead of a confusing failure.
+SERIALIZATION_VERSION = 1
+SERIALIZATION_VERSION_KEY = 'tff_brats_serialization_version'
 # MONAI's SegResNet: four resolution levels (1, 2, 2, 4 residual blocks down,
 # one per decoder stage up).
 DEFAULT_BLOCKS_DOWN = (1, 2, 2, 4)
@@ -404,10 +409,27 @@ class SegResNet(tf.keras.Model):
       'norm_groups': self.norm_groups,
       'norm_epsilon': self.norm_epsilon,
       'dropout_rate': self.dropout_rate,
+      SERIALIZATION_VERSION_KEY: SERIALIZATION_VERSION,
     }
 
   @classmethod
   def from_config(cls, config: dict[str, Any]) -> SegResNet:
+    """Rebuilds a model from `get_config` (configs without a version too).
+
+    Raises:
+      ValueError: The config comes from a newer tff_brats.
+    """
+    config = dict(config)
+    version = config.pop(SERIALIZATION_VERSION_KEY, 1)
+    if not isinstance(version, int) or version > SERIALIZATION_VERSION:
+      import tff_brats
+
+      raise ValueError(
+        f'This SegResNet was saved by a newer tff_brats (serialization '
+        f'version {version!r}); the installed tff_brats '
+        f'{tff_brats.__version__} reads versions up to '
+        f'{SERIALIZATION_VERSION}. Upgrade tff_brats to load it.'
+      )
     return cls(**config)
 
   def _check_input_shape(self, shape: tf.TensorShape) -> None:

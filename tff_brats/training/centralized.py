@@ -17,6 +17,9 @@ training cases of a prepared folder pooled. A run folder
                           the training crop and the prepared data's crop
                           margin, which inference uses as its defaults)
     final_model/          the model after the last epoch (the same)
+    exported_model.keras  best_model as a Keras-native file
+                          (`tf.keras.models.load_model` after importing
+                          tff_brats)
     summary.json          best epoch and its scores, final scores
 
 `resume=True` continues from the last checkpoint with the same
@@ -43,6 +46,8 @@ import tqdm
 from tff_brats.data import manifest as manifest_lib
 from tff_brats.data import pipeline
 from tff_brats.evaluation import evaluate
+from tff_brats.inference import export
+from tff_brats.inference import model_sources
 from tff_brats.inference import options as options_lib
 from tff_brats.inference import predictors
 from tff_brats.learning import client_training
@@ -54,6 +59,8 @@ from tff_brats.models import training_metadata
 from tff_brats.training import run_outputs
 from tff_brats.utils import atomic
 from tff_brats.utils import checks
+
+KERAS_EXPORT = 'exported_model.keras'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +86,9 @@ class CentralizedConfig:
     max_eval_cases: Validate on at most this many validation cases (None:
       all of them).
     num_overlay_cases: Validation cases drawn in TensorBoard.
+    initial_model: A saved model to start from instead of random weights
+      (same architecture): a model folder, a `.keras` file or an exported
+      SavedModel folder (`inference.model_sources`).
     seed: Seed of crops, augmentation and weights; None draws fresh ones.
   """
 
@@ -99,6 +109,7 @@ class CentralizedConfig:
   eval_overlap: float = 0.5
   max_eval_cases: int | None = None
   num_overlay_cases: int = 2
+  initial_model: str | None = None
   seed: int | None = 0
 
   def __post_init__(self):
@@ -165,6 +176,15 @@ def train_centralized(
       f'Found none in {prepared.root!r}; prepare it with '
       '--validation_fraction or --validation_cases.'
     )
+  if config.initial_model is not None:  # before anything is written
+    model_sources.check_architecture(
+      config.initial_model,
+      {
+        'init_filters': config.init_filters,
+        'blocks_down': config.blocks_down,
+        'blocks_up': config.blocks_up,
+      },
+    )
   run_outputs.prepare_run_dir(
     run_dir, config.to_json(), resume=resume, ignore=('epochs',)
   )
@@ -177,6 +197,10 @@ def train_centralized(
       blocks_up=config.blocks_up,
     )
     model.build((None, *config.crop_size, 4))
+  if config.initial_model is not None:
+    # A resumed run's checkpoint overrides these weights below.
+    model_sources.load_weights_into(model, config.initial_model)
+    logging.info('Starting from the model in %s.', config.initial_model)
   optimizer = precision_lib.wrap_optimizer(
     tf.keras.optimizers.Adam(config.learning_rate), config.precision
   )
@@ -264,7 +288,13 @@ def train_centralized(
     overwrite=True,
     training=training,
   )
+  exported_keras = export.export_keras_file(
+    os.path.join(run_dir, 'best_model'),
+    os.path.join(run_dir, KERAS_EXPORT),
+    overwrite=True,
+  )
   summary = {
+    'exported_keras': exported_keras,
     'best_epoch': int(best_epoch.numpy()),
     'best_val_dice_mean': float(best_dice.numpy()),
     'epochs': config.epochs,

@@ -33,6 +33,7 @@ A run folder (`<root_output_dir>/<experiment_name>/`) holds
                             learning state, ledger, sampling, best model
     best_model/             the global model of the best evaluated round
     exported_model/         best_model as a SavedModel (serving signature)
+    exported_model.keras    best_model as a Keras-native file
     final_model/            the global model after the last round
     learning_curves.png     mean validation Dice and ε against rounds
     summary.json            best round and its scores, ε per institution
@@ -80,6 +81,7 @@ from tff_brats.data import manifest as manifest_lib
 from tff_brats.evaluation import evaluate
 from tff_brats.evaluation import learning_curves
 from tff_brats.inference import export
+from tff_brats.inference import model_sources
 from tff_brats.inference import options as options_lib
 from tff_brats.inference import predictors
 from tff_brats.learning import client_training
@@ -108,6 +110,7 @@ class DataVanishedError(ValueError):
 
 CHECKPOINT_PREFIX = 'program_state_'
 LEDGER_JSON = 'privacy_ledger.json'
+KERAS_EXPORT = 'exported_model.keras'
 LEDGER_TABLE = 'privacy_ledger.txt'
 JOURNAL_NAME = privacy_journal.JOURNAL_NAME
 FederatedConfig = federated_config.FederatedConfig
@@ -334,7 +337,9 @@ class FederatedLoop:
         '--validation_cases.'
       )
     if config.initial_model is not None:
-      model_io.check_architecture(config.initial_model, config.model_config)
+      model_sources.check_architecture(
+        config.initial_model, config.model_config
+      )
     self.clients_per_round = config.clients_per_round or len(self.client_ids)
     self.record = config.round_record()
     self.journal = privacy_journal.PrivacyJournal(
@@ -441,7 +446,7 @@ class FederatedLoop:
       tf.keras.utils.set_random_seed(config.seed)
     self.model = config.client_config().build_model()
     if config.initial_model is not None:
-      model_io.load_weights_into(self.model, config.initial_model)
+      model_sources.load_weights_into(self.model, config.initial_model)
       logging.info('Starting from the model in %s.', config.initial_model)
     self.predict_fn = predictors.from_keras_model(self.model)
     # What inference needs to match training, in every model folder.
@@ -752,11 +757,16 @@ class FederatedLoop:
     unit = mechanisms_base.unit_text(mechanism.unit)
     table = self.ledger.table(config.delta, notes=caveats, unit=unit)
     atomic.write_text(os.path.join(run_dir, LEDGER_TABLE), table + '\n')
-    exported = None
+    exported = exported_keras = None
     if self.best_round > 0:
       exported = export.export_model_dir(
         os.path.join(run_dir, 'best_model'),
         os.path.join(run_dir, 'exported_model'),
+        overwrite=True,
+      )
+      exported_keras = export.export_keras_file(
+        os.path.join(run_dir, 'best_model'),
+        os.path.join(run_dir, KERAS_EXPORT),
         overwrite=True,
       )
     rows = self.metrics.rows()
@@ -794,6 +804,7 @@ class FederatedLoop:
       'seconds_last_round': float(last['seconds']) if last else None,
       'best_model': os.path.join(run_dir, 'best_model'),
       'exported_model': exported,
+      'exported_keras': exported_keras,
       'final_model': os.path.join(run_dir, 'final_model'),
       'privacy_ledger': os.path.join(run_dir, LEDGER_TABLE),
       'learning_curves': os.path.join(run_dir, 'learning_curves.png'),

@@ -52,9 +52,10 @@ class FederatedConfig:
       train and are shared (`segresnet.part_names`: 'init_conv', 'down0', …,
       'up0', …, 'head'); the others stay at the initial model's values, so
       the update, and the dimension its noise is spread over, shrinks.
-    initial_model: A model folder (`final_model/`, `best_model/`) to start
-      from instead of random weights, e.g. one pre-trained on public data;
-      same architecture.
+    initial_model: A saved model to start from instead of random weights,
+      e.g. one pre-trained on public data, of the same architecture: a
+      model folder (`final_model/`, `best_model/`), a `.keras` file or an
+      exported SavedModel folder (`inference.model_sources`).
     blocks_down, blocks_up: SegResNet's residual blocks per encoder level
       and decoder stage (MONAI's (1, 2, 2, 4) and (1, 1, 1) by default; a
       shorter `blocks_down` gives a shallower, faster model).
@@ -143,7 +144,7 @@ class FederatedConfig:
       self.initial_model, str
     ):
       raise ValueError(
-        f'initial_model must be a model folder path or None. Found '
+        f'initial_model must be a path (model folder, .keras file or SavedModel) or None. Found '
         f'{self.initial_model!r}.'
       )
     if self.eval_window is not None:
