@@ -40,6 +40,7 @@ from typing import Any
 from absl import app
 from absl import flags
 
+from experiments import console
 from experiments import shared_flags
 from tff_brats.mechanisms import privacy_report
 
@@ -115,8 +116,8 @@ def kwargs_from_flags() -> dict[str, Any]:
 
 def run_main() -> None:
   """Console entry point."""
-  app.run(main)
+  console.run(main)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  console.run(main)

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from absl import app
 from absl import flags
 
+from experiments import console
 from tff_brats.runtime import certificates
 
 _OUTPUT_DIR = flags.DEFINE_string(
@@ -80,7 +81,7 @@ def main(argv: Sequence[str]) -> None:
 
 
 def run_main() -> None:
-  app.run(main)
+  console.run(main)
 
 
 if __name__ == '__main__':

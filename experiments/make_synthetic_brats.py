@@ -18,6 +18,7 @@ from typing import Any
 from absl import app
 from absl import flags
 
+from experiments import console
 from experiments import shared_flags
 from tff_brats.data import layouts
 from tff_brats.data import synthetic
@@ -104,7 +105,7 @@ def kwargs_from_flags() -> dict[str, Any]:
 
 def run_main() -> None:
   """Console entry point."""
-  app.run(main)
+  console.run(main)
 
 
 def _parse_list(name: str, values: list[str], kind: type) -> list[Any]:
@@ -133,4 +134,4 @@ def _report(output_dir: str, summary: dict[str, Any]) -> str:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  console.run(main)

@@ -38,6 +38,7 @@ from typing import Any
 from absl import app
 from absl import flags
 
+from experiments import console
 from experiments import shared_flags
 from tff_brats.data import layouts
 from tff_brats.inference import predict
@@ -117,8 +118,8 @@ def kwargs_from_flags() -> dict[str, Any]:
 
 def run_main() -> None:
   """Console entry point."""
-  app.run(main)
+  console.run(main)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  console.run(main)

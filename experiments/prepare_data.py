@@ -26,6 +26,7 @@ from typing import Any
 from absl import app
 from absl import flags
 
+from experiments import console
 from experiments import shared_flags
 from tff_brats.data import partitions
 from tff_brats.data import prepare
@@ -103,8 +104,8 @@ def kwargs_from_flags() -> dict[str, Any]:
 
 def run_main() -> None:
   """Console entry point."""
-  app.run(main)
+  console.run(main)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  console.run(main)

@@ -27,6 +27,7 @@ import os
 from absl import app
 from absl import flags
 
+from experiments import console
 from experiments import shared_flags
 from tff_brats.training import sweep
 from tff_brats.utils import atomic
@@ -99,8 +100,8 @@ def update_readme(path: str, table: str) -> None:
 
 def run_main() -> None:
   """Console entry point."""
-  app.run(main)
+  console.run(main)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  console.run(main)

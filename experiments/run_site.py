@@ -49,6 +49,7 @@ from absl import flags
 from absl import logging
 import portpicker
 
+from experiments import console
 from tff_brats.data import manifest as manifest_lib
 from tff_brats.runtime import local
 from tff_brats.runtime import sites
@@ -207,7 +208,7 @@ def serve(prepared, institutions, serving, terminator_for) -> int:
 
 
 def run_main() -> None:
-  app.run(main)
+  console.run(main)
 
 
 if __name__ == '__main__':

@@ -19,6 +19,7 @@ import os
 from absl import app
 from absl import flags
 
+from experiments import console
 from experiments import shared_flags
 from tff_brats.training import centralized
 
@@ -72,8 +73,8 @@ def main(argv: Sequence[str]) -> None:
 
 def run_main() -> None:
   """Console entry point."""
-  app.run(main)
+  console.run(main)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  console.run(main)

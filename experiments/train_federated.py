@@ -26,6 +26,7 @@ from typing import Any
 from absl import app
 from absl import flags
 
+from experiments import console
 from experiments import shared_flags
 from tff_brats.learning import fed_avg
 from tff_brats.runtime import devices
@@ -243,8 +244,8 @@ def _print_summary(summary: dict[str, Any], run_dir: str) -> None:
 
 def run_main() -> None:
   """Console entry point."""
-  app.run(main)
+  console.run(main)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  console.run(main)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests import figure_checks
 from tests import testing_utils
 from tests.training import fake_process
 from tests.training import run_files
@@ -96,12 +97,14 @@ _FAKE_RUN = dict(
 def fake_run(data_dir, tmp_path_factory):
   run_dir = str(tmp_path_factory.mktemp('fake') / 'run')
   runtime = fake_process.RecordingContext()
-  summary, process = _run(
-    _config(data_dir, **_FAKE_RUN),
-    run_dir,
-    runtime=runtime,
-    export=True,
-  )
+  with figure_checks.checking_figures() as figures:
+    summary, process = _run(
+      _config(data_dir, **_FAKE_RUN),
+      run_dir,
+      runtime=runtime,
+      export=True,
+    )
+  runtime.figures = figures  # every figure the loop saved, checked
   return run_dir, summary, process, runtime
 
 
@@ -170,6 +173,17 @@ def test_run_writes_every_output(fake_run):
   assert 'Dice voxel' in table and 'not privatised' in table
   with open(os.path.join(run_dir, 'learning_curves.png'), 'rb') as f:
     assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+  # Every legend entry had data (checked as each figure was saved); the
+  # learning curves show four Dice curves and ε, tight and summed, on a log
+  # axis.
+  (curves,) = [
+    f for f in runtime.figures if 'learning_curves' in os.path.basename(f.path)
+  ]
+  assert curves.line_labels == [
+    ['mean', 'TC', 'WT', 'ET'],
+    ['tight (PLD)', 'summed'],
+  ]
+  assert curves.yscales == ['linear', 'log']
   # Every model records what inference needs to match training (the test
   # folder's manifest records no crop margin).
   for name in ('best_model', 'final_model'):

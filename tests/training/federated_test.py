@@ -280,7 +280,14 @@ def test_failed_run_leaves_no_worker(data_dir, tmp_path, monkeypatch):
 def _start_binary(flag_list, log_path):
   log = open(log_path, 'w')  # noqa: SIM115 (closed by _finish)
   child = subprocess.Popen(
-    [sys.executable, '-m', 'experiments.train_federated', *flag_list],
+    # --verbosity=0: the INFO log names the worker's pid.
+    [
+      sys.executable,
+      '-m',
+      'experiments.train_federated',
+      *flag_list,
+      '--verbosity=0',
+    ],
     cwd=_REPO,
     stdout=log,
     stderr=subprocess.STDOUT,

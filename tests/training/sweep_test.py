@@ -15,6 +15,7 @@ import os
 import pytest
 
 from experiments import privacy_utility_sweep
+from tests import figure_checks
 from tests.experiments import binaries
 from tff_brats.models import segresnet
 from tff_brats.training import sweep
@@ -53,7 +54,9 @@ TINY_GRID = {
 @pytest.fixture(scope='module')
 def tiny_sweep(tmp_path_factory):
   output_dir = str(tmp_path_factory.mktemp('sweep'))
-  rows = sweep.run_sweep(output_dir, TINY_GRID)
+  # Every figure the sweep and its runs save: each legend entry has data.
+  with figure_checks.checking_figures():
+    rows = sweep.run_sweep(output_dir, TINY_GRID)
   return output_dir, rows
 
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import time
 from typing import Any
 
@@ -273,14 +274,15 @@ def train_centralized(
     epoch.assign(current)
     manager.save(checkpoint_number=current)
     val_dice = row['val_dice_mean']
-    logging.info(
-      'epoch %d/%d: loss %.4f, validation mean Dice %s, %.1f s',
-      current,
-      config.epochs,
-      train_loss,
-      '-' if val_dice == '' else f'{val_dice:.4f}',
-      row['seconds'],
+    line = (
+      f'epoch {current}/{config.epochs}: loss {train_loss:.4f}, validation '
+      f'mean Dice {"-" if val_dice == "" else f"{val_dice:.4f}"}, '
+      f'{row["seconds"]:.1f} s'
     )
+    if progress:  # above the progress bars (the binary logs only warnings)
+      tqdm.tqdm.write(line, file=sys.stderr)
+    else:
+      logging.info('%s', line)
 
   model_io.save_model(
     model,

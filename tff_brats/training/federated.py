@@ -68,6 +68,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from typing import Any
 
@@ -423,6 +424,7 @@ class FederatedLoop:
     """
     if not self._prepared:
       self.prepare_run_dir(resume)
+    self._progress = progress
     self.process = process
     self.metrics = run_outputs.MetricsRelease(self.run_dir, 'round')
     self.manager = tff.program.FileProgramStateManager(
@@ -620,6 +622,7 @@ class FederatedLoop:
     metrics = output.metrics
     train = metrics['client_work']['train']
     worst = self.ledger.worst_case(config.delta)
+    worst_summed = self.ledger.worst_case(config.delta, 'sum')
     row = collections.OrderedDict(
       round=round_num,
       release=release,
@@ -629,6 +632,7 @@ class FederatedLoop:
       **_training_columns(train),
       **_privacy_columns(metrics['aggregator'], config.diagnostics),
       epsilon_worst=worst[1] if worst else 0.0,
+      epsilon_worst_summed=worst_summed[1] if worst_summed else 0.0,
       epsilon_worst_client=worst[0] if worst else '',
     )
     self._set_model(self.process.get_model_weights(self.state).trainable)
@@ -648,19 +652,14 @@ class FederatedLoop:
         asyncio.run(self.manager.save(self._program_state(), round_num))
     val = row['val_dice_mean']
     loss = row.get('train_loss')
-    logging.info(
-      'round %d/%d: %d clients, loss %s, released %s, ε per %s %s (worst: '
-      '%s), validation mean Dice %s, %.1f s',
-      round_num,
-      config.total_rounds,
-      len(clients),
-      '-' if loss is None else f'{loss:.4f}',
-      _count_text(row.get('released_mean')),
-      config.mechanism.unit,
-      accounting.format_epsilon(row['epsilon_worst']),
-      row['epsilon_worst_client'] or '-',
-      '-' if val == '' else f'{val:.4f}',
-      row['seconds'],
+    report_line(
+      f'round {round_num}/{config.total_rounds}: {len(clients)} clients, '
+      f'loss {"-" if loss is None else f"{loss:.4f}"}, released '
+      f'{_count_text(row.get("released_mean"))}, ε per '
+      f'{config.mechanism.unit} {accounting.format_epsilon(row["epsilon_worst"])}'
+      f' (worst: {row["epsilon_worst_client"] or "-"}), validation mean Dice '
+      f'{"-" if val == "" else f"{val:.4f}"}, {row["seconds"]:.1f} s',
+      self._progress,
     )
     return row
 
@@ -771,7 +770,11 @@ class FederatedLoop:
       )
     rows = self.metrics.rows()
     learning_curves.write_learning_curves(
-      rows, os.path.join(run_dir, 'learning_curves.png'), config.delta
+      rows,
+      os.path.join(run_dir, 'learning_curves.png'),
+      config.delta,
+      target_epsilon=config.target_epsilon,
+      unit=mechanism.unit,
     )
     epsilons = {
       method: self.ledger.epsilons(config.delta, method)
@@ -817,6 +820,16 @@ class FederatedLoop:
 
 
 # ------------------------------------------------------------- helpers ----
+
+
+def report_line(line: str, progress: bool) -> None:
+  """One line per round or epoch: above the progress bar when there is one
+  (the binaries' default console, which logs only warnings), else to the
+  INFO log."""
+  if progress:
+    tqdm.tqdm.write(line, file=sys.stderr)
+  else:
+    logging.info('%s', line)
 
 
 def _training_columns(train) -> dict[str, Any]:
