@@ -29,6 +29,7 @@ class SavedFigure:
   legends: list[list[str]]
   yscales: list[str]
   line_labels: list[list[str]]
+  figure_legends: list[list[str]] = dataclasses.field(default_factory=list)
 
 
 def _has_data(artist) -> bool:
@@ -63,7 +64,14 @@ def check_figure(fig, path: str = '?') -> SavedFigure:
     line_labels.append(
       [line.get_label() for line in ax.get_lines() if _has_data(line)]
     )
-  return SavedFigure(path, legends, yscales, line_labels)
+  figure_legends = []
+  for legend in fig.legends:  # figure-level legends (their own handles)
+    texts = [t.get_text() for t in legend.get_texts()]
+    handles = legend.legend_handles
+    if len(handles) != len(texts):
+      pytest.fail(f'{path}: a figure legend lists {texts} for {handles}.')
+    figure_legends.append(texts)
+  return SavedFigure(path, legends, yscales, line_labels, figure_legends)
 
 
 @contextlib.contextmanager

@@ -6,6 +6,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
+from tests import figure_checks
 from tff_brats.evaluation import figures
 
 
@@ -64,12 +65,18 @@ def test_save_case_figure(tmp_path):
   truth = _regions((12, 12, 10), np.s_[3:7, 3:7, 4:6])
   prediction = _regions((12, 12, 10), np.s_[4:8, 3:7, 4:6])
   path = str(tmp_path / 'cases.png')
-  out = figures.save_case_figure(
-    path,
-    [('case-a', image, truth, prediction), ('case-b', image, truth, truth)],
-    scores=[{'Dice WT': 0.75}, {'Dice WT': 1.0}],
-  )
+  with figure_checks.checking_figures() as saved:
+    out = figures.save_case_figure(
+      path,
+      [('case-a', image, truth, prediction), ('case-b', image, truth, truth)],
+      scores=[{'Dice WT': 0.75}, {'Dice WT': 1.0}],
+    )
   assert out == path
+  # The colours are explained.
+  (figure,) = saved
+  assert figure.figure_legends == [
+    ['oedema (WT − TC)', 'necrotic core (TC − ET)', 'enhancing tumour (ET)']
+  ]
   png = matplotlib.image.imread(path)
   assert png.shape[0] == 2 * 320 and png.shape[1] == 900  # 2 rows at 100 dpi
   assert sorted(p.name for p in tmp_path.iterdir()) == ['cases.png']

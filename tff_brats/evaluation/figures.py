@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import matplotlib
 
 matplotlib.use('Agg')  # files only, no display
+from matplotlib import patches
 import matplotlib.pyplot as plt
 import numpy as np
 
@@ -25,6 +26,12 @@ EDEMA_COLOUR = (0.0, 0.8, 0.0)
 CORE_COLOUR = (0.9, 0.1, 0.1)
 ENHANCING_COLOUR = (1.0, 0.9, 0.0)
 _ALPHA = 0.5
+# What the colours mean, for the legend of `save_case_figure`.
+LEGEND = (
+  (EDEMA_COLOUR, 'oedema (WT − TC)'),
+  (CORE_COLOUR, 'necrotic core (TC − ET)'),
+  (ENHANCING_COLOUR, 'enhancing tumour (ET)'),
+)
 _FLAIR = 3  # channel of FLAIR (2018) / T2-FLAIR (2023) in the image
 
 
@@ -147,7 +154,17 @@ def save_case_figure(
       ax.set_title(titles[col], fontsize=8)
       ax.axis('off')
   try:
-    fig.tight_layout()
+    fig.legend(
+      handles=[
+        patches.Patch(color=colour, alpha=_ALPHA + 0.2, label=label)
+        for colour, label in LEGEND
+      ],
+      loc='lower center',
+      ncol=len(LEGEND),
+      fontsize=8,
+      frameon=False,
+    )
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     with atomic.staged_file(path) as tmp:
       fig.savefig(tmp, dpi=100, format='png')
   finally:
