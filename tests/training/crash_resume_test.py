@@ -38,7 +38,6 @@ import pytest
 from tests import testing_utils
 from tests.training import fake_process
 from tests.training import run_files
-from tff_brats import mechanisms
 from tff_brats.training import federated
 
 pytestmark = pytest.mark.slow
@@ -61,27 +60,8 @@ _CHILD = textwrap.dedent(
 
 
 def config(data_dir):
-  """The run every trial makes (also imported by the child)."""
-  return federated.FederatedConfig(
-    data_dir=data_dir,
-    mechanism=mechanisms.SparseVector(
-      shared_fraction=0.1,
-      clip_bound=1e-3,
-      selection_epsilon=1.0,
-      release_epsilon=1.0,
-      threshold=5e-4,
-    ),
-    total_rounds=_ROUNDS,
-    crop_size=(16, 16, 16),
-    init_filters=8,
-    blocks_down=(1, 1),
-    blocks_up=(1,),
-    tumour_crop_probability=1.0,
-    rounds_per_eval=2,
-    rounds_per_checkpoint=1,
-    num_overlay_cases=1,
-    seed=3,
-  )
+  """The run every trial makes (`fake_process.four_round_config`)."""
+  return fake_process.four_round_config(data_dir)
 
 
 @pytest.fixture(scope='module')

@@ -25,7 +25,6 @@ import pytest
 from tests import testing_utils
 from tests.training import fake_process
 from tests.training import run_files
-from tff_brats import mechanisms
 from tff_brats.data.errors import BratsDataError
 from tff_brats.training import federated
 from tff_brats.training import privacy_journal
@@ -64,26 +63,8 @@ def data_dir(tmp_path_factory):
 
 
 def _config(data_dir):
-  return federated.FederatedConfig(
-    data_dir=data_dir,
-    mechanism=mechanisms.SparseVector(
-      shared_fraction=0.1,
-      clip_bound=1e-3,
-      selection_epsilon=1.0,
-      release_epsilon=1.0,
-      threshold=5e-4,
-    ),
-    total_rounds=_ROUNDS,
-    crop_size=(16, 16, 16),
-    init_filters=8,
-    blocks_down=(1, 1),
-    blocks_up=(1,),
-    tumour_crop_probability=1.0,
-    rounds_per_eval=2,
-    rounds_per_checkpoint=1,
-    num_overlay_cases=1,
-    seed=3,
-  )
+  """The run every trial makes (`fake_process.four_round_config`)."""
+  return fake_process.four_round_config(data_dir)
 
 
 class _FaultInRound(fake_process.FakeProcess):

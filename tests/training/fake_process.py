@@ -162,3 +162,32 @@ def run_loop(
       )
     summary = loop.run(process, runtime=runtime, resume=resume, progress=False)
   return summary, process
+
+
+def four_round_config(data_dir: str):
+  """A 4-round SVT run on the three-institution folder, evaluated every 2
+  rounds and checkpointed every round: the run the fault tests break
+  (disk_faults_test, crash_resume_test and its child process)."""
+  from tff_brats import mechanisms
+  from tff_brats.training import federated
+
+  return federated.FederatedConfig(
+    data_dir=data_dir,
+    mechanism=mechanisms.SparseVector(
+      shared_fraction=0.1,
+      clip_bound=1e-3,
+      selection_epsilon=1.0,
+      release_epsilon=1.0,
+      threshold=5e-4,
+    ),
+    total_rounds=4,
+    crop_size=(16, 16, 16),
+    init_filters=8,
+    blocks_down=(1, 1),
+    blocks_up=(1,),
+    tumour_crop_probability=1.0,
+    rounds_per_eval=2,
+    rounds_per_checkpoint=1,
+    num_overlay_cases=1,
+    seed=3,
+  )
