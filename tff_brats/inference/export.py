@@ -267,13 +267,14 @@ def _serving_module(model: tf.keras.Model) -> tf.Module:
   module.model_variables = list(model.variables)
 
   @tf.function(
+    autograph=False,
     input_signature=[
       tf.TensorSpec(
         [None, None, None, None, records.NUM_MODALITIES],
         tf.float32,
         name=INPUT_NAME,
       )
-    ]
+    ],
   )
   def serve(image):
     probabilities = model(image, training=False)

@@ -375,7 +375,11 @@ def group_norm(
       dx, d_gamma, d_beta = one_sample(single_backward, general_backward)
       return tf.reshape(dx, shape), d_gamma, d_beta
 
-    return tf.reshape(out, shape), backward
+    # Not converted by AutoGraph (no control flow on tensors; see
+    # SegResNet._forward): the gradient runs outside the forward's context.
+    return tf.reshape(out, shape), tf.autograph.experimental.do_not_convert(
+      backward
+    )
 
   return forward(x, gamma, beta)
 

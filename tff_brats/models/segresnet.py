@@ -359,6 +359,15 @@ class SegResNet(tf.keras.Model):
 
   def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
     """Segments `inputs` `[B, D, H, W, in_channels]` into probabilities."""
+    return self._forward(inputs, training)
+
+  # Not converted by AutoGraph: the network has no control flow on tensors
+  # (its loops and branches are over its Python configuration), and
+  # converting every layer's helpers again on each trace cost seconds per
+  # trace (a training step, a TFF client computation, a SavedModel export).
+  # `call` keeps its own signature, which Keras reads.
+  @tf.autograph.experimental.do_not_convert
+  def _forward(self, inputs: tf.Tensor, training: bool | None) -> tf.Tensor:
     features, skips = self.encode(inputs, training=training)
     return self.head(self.decode(features, skips))
 
