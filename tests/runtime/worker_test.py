@@ -62,6 +62,28 @@ def test_start_serve_stop(tmp_path, isolation):
     assert not os.path.exists(address[len('unix:') :])
 
 
+@pytest.mark.parametrize('isolation', ['namespace', 'none'])
+def test_stops_by_sigint_when_the_parent_ignores_it(tmp_path, isolation):
+  # As under `nohup` or `cmd &` in a script: an ignored SIGINT would be
+  # inherited, and stop() would wait 10 s and kill the worker instead.
+  previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+  try:
+    w = worker.WorkerProcess(
+      portpicker.pick_unused_port(),
+      str(tmp_path / 'worker.log'),
+      isolation=isolation,
+    )
+    w.start()
+    try:
+      address = w.address
+      w.wait_until(lambda: _serving(address), timeout=60)
+    finally:
+      w.stop()
+  finally:
+    signal.signal(signal.SIGINT, previous)
+  assert w.returncode == -signal.SIGINT
+
+
 def test_wait_until_reports_early_exit_with_log(tmp_path):
   script = tmp_path / 'fails.sh'
   script.write_text('#!/bin/sh\necho "cannot bind port" >&2\nexit 7\n')

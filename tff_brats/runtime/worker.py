@@ -324,7 +324,8 @@ _PRCTL = _load_prctl()
 
 
 def _kill_when_parent_dies() -> None:
-  # Runs in the child between fork and exec; keep it to one system call.
+  # Runs in the child between fork and exec; keep it to system calls.
+  _default_sigint()
   if _PRCTL is not None:
     _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
@@ -333,5 +334,14 @@ def _terminate_when_parent_dies() -> None:
   # The isolating launcher gets SIGTERM instead: it stops its worker (which
   # dies with it in any case) and removes its socket and the socket's
   # folder, which a SIGKILL would leave behind in /tmp.
+  _default_sigint()
   if _PRCTL is not None:
     _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _default_sigint() -> None:
+  # SIGINT is how `stop` ends the worker (and the launcher passes it on to
+  # its own worker), but an ignored signal stays ignored across exec: a
+  # trainer started with SIGINT ignored (`nohup`, or `cmd &` in a script)
+  # would leave its worker deaf to it and `stop` would wait for SIGKILL.
+  signal.signal(signal.SIGINT, signal.SIG_DFL)
