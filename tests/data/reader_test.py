@@ -555,6 +555,9 @@ def test_load_truncated_uncompressed(tmp_path):
     ('.nii', b'not an image\n' * 40, "data starting with b'not an i'"),
     ('.nii', b'', 'an empty file'),
   ],
+  # Named ids: the gzip bytes hold the time of compression, and pytest-xdist
+  # refuses to run when its workers collect different test ids.
+  ids=['text_as_gz', 'gzipped_text', 'text_as_nii', 'empty'],
 )
 def test_load_file_that_is_not_nifti(tmp_path, ext, content, found):
   folder = _make_case(tmp_path, ID18, ext=ext)
