@@ -28,7 +28,10 @@ training clients concurrently.
 
 Time per round gets the same treatment: `round_seconds.growth_percent` is
 the median of the last `--window` rounds against the median of the
-`--window` rounds after `--baseline_round` (target <= 5% as well).
+`--window` rounds after `--baseline_round` (target <= 5% as well), and
+`round_seconds.trend_growth_percent` the rise of a Theil–Sen line through
+every round after it (a drift over the whole run, not a slow swing of a
+shared machine).
 `--plot=FILE.png` draws both processes' RSS and peak, and the seconds per
 round, against the round.
 
@@ -246,13 +249,26 @@ def _time_summary(seconds, baseline_round, window):
   """Seconds per round, and the growth of its median over the run.
 
   `seconds[i]` is round i + 1. The first window is the `window` rounds
-  after `baseline_round`, the last the run's final `window` rounds.
+  after `baseline_round`, the last the run's final `window` rounds;
+  `growth_percent` (the target's measure) compares their medians. A shared
+  machine's slow swings (minutes long) move either median; the
+  Theil–Sen line through every round after `baseline_round` (the median of
+  all pairwise slopes, unmoved by up to 29 % of outlying rounds) shows
+  whether time drifts over the whole run: `trend_growth_percent` is its
+  rise from the first to the last of those rounds, relative to its start.
   """
+  from scipy import stats
+
   first = seconds[baseline_round : baseline_round + window]
   last = seconds[-window:]
   first_median = float(np.median(first))
   last_median = float(np.median(last))
   growth = 100.0 * (last_median - first_median) / first_median
+  after = np.asarray(seconds[baseline_round:], float)
+  rounds_after = np.arange(baseline_round + 1, len(seconds) + 1)
+  slope, intercept, _, _ = stats.theilslopes(after, rounds_after)
+  start = intercept + slope * rounds_after[0]
+  end = intercept + slope * rounds_after[-1]
   return {
     'median': round(float(np.median(seconds)), 3),
     'window': window,
@@ -260,6 +276,8 @@ def _time_summary(seconds, baseline_round, window):
     'last_window_median': round(last_median, 3),
     'growth_percent': round(growth, 2),
     'within_target': growth <= TARGET_GROWTH_PERCENT,
+    'trend_seconds_per_100_rounds': round(float(100 * slope), 4),
+    'trend_growth_percent': round(float(100.0 * (end - start) / start), 2),
     'per_round': [round(s, 3) for s in seconds],
   }
 
