@@ -18,5 +18,5 @@ echo "== pytest"
 echo "== bazel build //... and representative bazel test targets"
 tools/install_bazel.sh
 tools/bazel_test.sh --build_everything \
-  //:layouts_test //:accounting_test //:client_side_test \
+  //:layouts_test //:accounting_test //:mechanisms_selective_sharing_test \
   //:federated_config_test
