@@ -53,12 +53,18 @@ train_flags=(
   --rounds_per_eval=10
   --seed=0
 )
+# The console keeps the progress bar and a line per validation; the
+# binary's full summary (JSON and privacy ledger, also in the run folder as
+# summary.json and privacy_ledger.txt) goes to $out/train_federated.out, and
+# the demo prints the results at the end.
 if [[ -f "$run/summary.json" ]]; then
   echo "(done before: $run/summary.json)"
 elif [[ -f "$run/hparams.json" ]]; then
-  "$python" -m experiments.train_federated "${train_flags[@]}" --resume
+  "$python" -m experiments.train_federated "${train_flags[@]}" --resume \
+    >"$out/train_federated.out"
 else
-  "$python" -m experiments.train_federated "${train_flags[@]}"
+  "$python" -m experiments.train_federated "${train_flags[@]}" \
+    >"$out/train_federated.out"
 fi
 
 echo "== 4/4 segment one validation case with the exported model"
@@ -94,5 +100,6 @@ echo "Synthetic NIfTI cases:  $out/synthetic_brats"
 echo "Prepared client shards: $out/prepared/shards"
 echo "Training run:           $run (metrics.csv, learning_curves.png, tensorboard/)"
 echo "Privacy ledger:         $run/privacy_ledger.txt"
+echo "Training summary:       $out/train_federated.out (summary.json, the ledger)"
 echo "Exported model:         $run/exported_model"
 echo "Prediction (NIfTI):     $out/predictions"

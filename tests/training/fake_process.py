@@ -135,6 +135,7 @@ def run_loop(
   resume: bool = False,
   runtime=None,
   export: bool = False,
+  progress: bool = False,
 ):
   """Runs `federated.FederatedLoop` on a `FakeProcess`.
 
@@ -160,7 +161,9 @@ def run_loop(
           lambda model_dir, output_dir, overwrite: output_dir,
         )
       )
-    summary = loop.run(process, runtime=runtime, resume=resume, progress=False)
+    summary = loop.run(
+      process, runtime=runtime, resume=resume, progress=progress
+    )
   return summary, process
 
 

@@ -658,3 +658,25 @@ def test_unknown_trainable_layer_is_named(data_dir):
     r"down0, down1, up0, head\). Found \['up0', 'down7'\]",
   ):
     _config(data_dir, trainable_layers=('up0', 'down7'))
+
+
+def test_the_console_has_a_line_per_validation_and_the_rest_on_the_bar(
+  data_dir, tmp_path, capsys, monkeypatch
+):
+  # Four rounds, validated after rounds 2 and 4: a newcomer's console gets
+  # those two lines above the progress bar; the other rounds' lines go to
+  # the INFO log (shown with --verbosity=0), and the bar carries the latest
+  # ε.
+  logged = []
+  monkeypatch.setattr(
+    federated.logging, 'info', lambda fmt, *args: logged.append(fmt % args)
+  )
+  config = fake_process.four_round_config(data_dir)
+  fake_process.run_loop(config, str(tmp_path / 'run'), progress=True)
+  console = capsys.readouterr().err.replace('\r', '\n').splitlines()
+  shown = [line for line in console if line.startswith('round ')]
+  assert [line.split(':')[0] for line in shown] == ['round 2/4', 'round 4/4']
+  assert all('validation mean Dice 0.' in line for line in shown), shown
+  rounds = [m.split(':')[0] for m in logged if m.startswith('round ')]
+  assert rounds == ['round 1/4', 'round 3/4']
+  assert any('rounds:' in line and 'ε=2' in line for line in console), console

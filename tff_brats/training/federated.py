@@ -425,6 +425,7 @@ class FederatedLoop:
     if not self._prepared:
       self.prepare_run_dir(resume)
     self._progress = progress
+    self._bar: tqdm.tqdm | None = None  # while the rounds run, with progress
     self.process = process
     self.metrics = run_outputs.MetricsRelease(self.run_dir, 'round')
     self.manager = tff.program.FileProgramStateManager(
@@ -543,6 +544,7 @@ class FederatedLoop:
       unit='round',
       disable=not progress,
     )
+    self._bar = bar if progress else None
     with bar:
       while self.round < config.total_rounds:
         round_num = self.round + 1
@@ -551,10 +553,9 @@ class FederatedLoop:
         if over:
           self._stop_at_budget(round_num, over)
           break
-        row = self._run_round(round_num, clients)
-        if 'train_loss' in row:
-          bar.set_postfix(loss=f'{row["train_loss"]:.4f}')
+        self._run_round(round_num, clients)
         bar.update()
+    self._bar = None
 
   def _clients(self, round_num: int) -> list[str]:
     return sample_clients(
@@ -652,15 +653,23 @@ class FederatedLoop:
         asyncio.run(self.manager.save(self._program_state(), round_num))
     val = row['val_dice_mean']
     loss = row.get('train_loss')
+    epsilon = accounting.format_epsilon(row['epsilon_worst'])
     report_line(
       f'round {round_num}/{config.total_rounds}: {len(clients)} clients, '
       f'loss {"-" if loss is None else f"{loss:.4f}"}, released '
       f'{_count_text(row.get("released_mean"))}, ε per '
-      f'{config.mechanism.unit} {accounting.format_epsilon(row["epsilon_worst"])}'
+      f'{config.mechanism.unit} {epsilon}'
       f' (worst: {row["epsilon_worst_client"] or "-"}), validation mean Dice '
       f'{"-" if val == "" else f"{val:.4f}"}, {row["seconds"]:.1f} s',
       self._progress,
+      # Above the bar: rounds with a validation; the others on the bar.
+      shown=val != '',
     )
+    if self._bar is not None:
+      postfix = {'ε': epsilon}
+      if loss is not None:
+        postfix['loss'] = f'{loss:.4f}'
+      self._bar.set_postfix(postfix)
     return row
 
   def _check_shards(self, paths: Mapping[str, list[str]], when: str) -> None:
@@ -822,11 +831,11 @@ class FederatedLoop:
 # ------------------------------------------------------------- helpers ----
 
 
-def report_line(line: str, progress: bool) -> None:
+def report_line(line: str, progress: bool, *, shown: bool = True) -> None:
   """One line per round or epoch: above the progress bar when there is one
-  (the binaries' default console, which logs only warnings), else to the
-  INFO log."""
-  if progress:
+  and the line is `shown` (the binaries' default console, which logs only
+  warnings), else to the INFO log (`--verbosity=0` shows it)."""
+  if progress and shown:
     tqdm.tqdm.write(line, file=sys.stderr)
   else:
     logging.info('%s', line)
