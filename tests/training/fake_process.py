@@ -167,30 +167,47 @@ def run_loop(
   return summary, process
 
 
-def four_round_config(data_dir: str):
-  """A 4-round SVT run on the three-institution folder, evaluated every 2
-  rounds and checkpointed every round: the run the fault tests break
-  (disk_faults_test, crash_resume_test and its child process)."""
+def svt():
+  """The SVT every loop test runs with (ε = 2 per round and institution)."""
   from tff_brats import mechanisms
+
+  return mechanisms.SparseVector(
+    shared_fraction=0.1,
+    clip_bound=1e-3,
+    selection_epsilon=1.0,
+    release_epsilon=1.0,
+    threshold=5e-4,
+  )
+
+
+def loop_config(data_dir: str, **overrides):
+  """A small SVT run on the three-institution folder: 2 rounds, SegResNet-8
+  with two levels on 16³ crops; by default only the last round is evaluated
+  and checkpointed (the loop always does both after its last round)."""
   from tff_brats.training import federated
 
-  return federated.FederatedConfig(
+  kwargs = dict(
     data_dir=data_dir,
-    mechanism=mechanisms.SparseVector(
-      shared_fraction=0.1,
-      clip_bound=1e-3,
-      selection_epsilon=1.0,
-      release_epsilon=1.0,
-      threshold=5e-4,
-    ),
-    total_rounds=4,
+    mechanism=svt(),
+    total_rounds=2,
     crop_size=(16, 16, 16),
     init_filters=8,
     blocks_down=(1, 1),
     blocks_up=(1,),
     tumour_crop_probability=1.0,
-    rounds_per_eval=2,
-    rounds_per_checkpoint=1,
+    rounds_per_eval=10,
+    rounds_per_checkpoint=10,
     num_overlay_cases=1,
     seed=3,
+  )
+  kwargs.update(overrides)
+  return federated.FederatedConfig(**kwargs)
+
+
+def four_round_config(data_dir: str):
+  """`loop_config` over 4 rounds, evaluated every 2 rounds and checkpointed
+  every round: the run the fault tests break (disk_faults_test,
+  crash_resume_test and its child process)."""
+  return loop_config(
+    data_dir, total_rounds=4, rounds_per_eval=2, rounds_per_checkpoint=1
   )

@@ -28,13 +28,7 @@ from tff_brats.training import federated
 from tff_brats.training import privacy_journal
 
 _CLIENTS = ('a', 'b', 'c')
-_SVT = mechanisms.SparseVector(
-  shared_fraction=0.1,
-  clip_bound=1e-3,
-  selection_epsilon=1.0,
-  release_epsilon=1.0,
-  threshold=5e-4,
-)
+_SVT = fake_process.svt()
 
 
 @pytest.fixture(scope='module')
@@ -44,25 +38,7 @@ def data_dir(tmp_path_factory):
   return str(root)
 
 
-def _config(data_dir, **overrides):
-  # By default only the last round is evaluated and checkpointed (the loop
-  # always does both after its last round); tests that need more say so.
-  kwargs = dict(
-    data_dir=data_dir,
-    mechanism=_SVT,
-    total_rounds=2,
-    crop_size=(16, 16, 16),
-    init_filters=8,
-    blocks_down=(1, 1),
-    blocks_up=(1,),
-    tumour_crop_probability=1.0,
-    rounds_per_eval=10,
-    rounds_per_checkpoint=10,
-    num_overlay_cases=1,
-    seed=3,
-  )
-  kwargs.update(overrides)
-  return federated.FederatedConfig(**kwargs)
+_config = fake_process.loop_config
 
 
 def _run(
